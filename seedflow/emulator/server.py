@@ -1,0 +1,118 @@
+"""Running the emulator on a real socket: in a background thread (``serve``) or in front (``run``)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from .app import EmulatorState, create_app
+from .config import EmulatorConfig
+from .state import RequestRecord, Stats
+
+__all__ = ["EmulatorHandle", "serve", "run"]
+
+
+@dataclass
+class EmulatorHandle:
+    """A running emulator: its address, its (mutable) config, and what it has received."""
+
+    base_url: str
+    state: EmulatorState
+
+    @property
+    def config(self) -> EmulatorConfig:
+        return self.state.config
+
+    @property
+    def stats(self) -> Stats:
+        return self.state.stats
+
+    @property
+    def requests(self) -> dict[str, RequestRecord]:
+        """request_id -> record (state, input, timestamps, processing duration, image URLs)."""
+        return self.state.requests
+
+
+def _uvicorn_config(app: object, *, log_level: str = "warning") -> uvicorn.Config:
+    # h11 and the plain asyncio loop are always installed; no access log: it costs more than
+    # the status endpoint itself.
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        loop="asyncio",
+        http="h11",
+        lifespan="off",
+        access_log=False,
+        log_level=log_level,
+        timeout_graceful_shutdown=1,
+    )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+@contextlib.contextmanager
+def serve(
+    config: EmulatorConfig | None = None, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[EmulatorHandle]:
+    """Run an emulator in a background thread for the duration of the ``with`` block.
+
+    ``port=0`` picks a free port; the handle's ``base_url`` says which.
+    """
+    sock = _bind(host, port)
+    base_url = f"http://{host}:{sock.getsockname()[1]}"
+    app = create_app(config or EmulatorConfig(), base_url=base_url)
+    server = uvicorn.Server(_uvicorn_config(app))
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="seedflow-emulator", daemon=True
+    )
+    thread.start()
+    try:
+        _wait_started(server, thread)
+        yield EmulatorHandle(base_url=base_url, state=app.state.emulator)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the emulator could not start (see the log above)")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the emulator did not start within {timeout:.0f} s")
+        time.sleep(0.005)
+
+
+def run(
+    config: EmulatorConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    on_start: Callable[[str], None] | None = None,
+) -> None:
+    """Run an emulator in the foreground until interrupted (what ``seedflow emulator`` does)."""
+    sock = _bind(host, port)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    base_url = f"http://{shown_host}:{sock.getsockname()[1]}"
+    app = create_app(config, base_url=base_url)
+    server = uvicorn.Server(_uvicorn_config(app))
+    if on_start is not None:
+        on_start(base_url)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
