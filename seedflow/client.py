@@ -1,0 +1,657 @@
+"""The async client of RunComfy's Model API queue: submit, status, result, cancel, wait, download.
+
+::
+
+    async with Client() as client:                      # token from RUNCOMFY_API_TOKEN
+        sub = await client.submit("bytedance/seedream-4-0/sequential", {"text": "..."})
+        result = await client.wait(sub.request_id)
+        for i, url in enumerate(result.outputs.images):
+            await client.download(url, folder / f"{i}.png")
+
+Only :class:`seedflow.errors.ApiError` subclasses escape (mapped in :mod:`seedflow.http`). The
+token goes only to the API's own origin: output files are fetched by a second HTTP client that
+has no token at all, and httpx drops ``Authorization`` on redirects to another origin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Generator, Literal, Mapping
+from urllib.parse import quote
+
+import anyio
+import httpx
+
+from .errors import (
+    ApiError,
+    AuthenticationError,
+    DownloadError,
+    ModelRejected,
+    NetworkError,
+    RateLimited,
+    RequestNotFound,
+    ServerError,
+    SubmitOutcomeUnknown,
+    UnexpectedResponse,
+)
+from .http import (
+    certainly_not_sent,
+    check_base_url,
+    describe_url,
+    excerpt,
+    map_transport_error,
+    raise_for_answer,
+    server_message,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MAX_REQUESTS_PER_SECOND",
+    "TERMINAL_STATES",
+    "Client",
+    "RetryPolicy",
+    "PollPolicy",
+    "Submission",
+    "Status",
+    "Outputs",
+    "Result",
+    "PartialOutputs",
+    "CancelOutcome",
+    "Download",
+    "resolve_token",
+    "resolve_base_url",
+    "normalise_state",
+]
+
+DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
+#: RunComfy publishes no rate limit; this keeps a large sweep polite by default.
+DEFAULT_MAX_REQUESTS_PER_SECOND = 20.0
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+KNOWN_STATES = frozenset({"in_queue", "in_progress"}) | TERMINAL_STATES
+# The result endpoint spells success "succeeded"; American spelling of cancelled is tolerated.
+_STATE_ALIASES = {"succeeded": "completed", "canceled": "cancelled"}
+_DOWNLOAD_TYPES = ("image/", "video/", "application/octet-stream")
+_TOKEN_VARS = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN")
+_TOKEN_HINT = (
+    "create a token in your RunComfy profile, then: export RUNCOMFY_API_TOKEN=<token> "
+    "(or use --offline to run against the local emulator)"
+)
+
+
+def resolve_token(env: Mapping[str, str] = os.environ) -> str | None:
+    """The API token from ``RUNCOMFY_API_TOKEN``, else ``RUNCOMFY_TOKEN``; None when unset."""
+    for name in _TOKEN_VARS:
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def resolve_base_url(base_url: str | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """The API base URL: the argument, else ``RUNCOMFY_BASE_URL``, else RunComfy's; checked."""
+    chosen = base_url or env.get("RUNCOMFY_BASE_URL", "").strip() or DEFAULT_BASE_URL
+    return str(check_base_url(chosen))
+
+
+def normalise_state(raw: str) -> str:
+    """A state as seedflow names it (``succeeded`` -> ``completed``); unknown ones unchanged."""
+    state = raw.strip().lower()
+    return _STATE_ALIASES.get(state, state)
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The service accepted a job: its id and where to ask about it."""
+
+    request_id: str
+    status_url: str
+    result_url: str
+    cancel_url: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """Where a job stands. ``queue_position`` is set only while ``in_queue``."""
+
+    request_id: str
+    state: str
+    queue_position: int | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job will not change any more."""
+        return self.state in TERMINAL_STATES
+
+    @property
+    def known(self) -> bool:
+        """False for a state the documentation does not describe."""
+        return self.state in KNOWN_STATES
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Output URLs; ``image``/``video`` (one URL) are folded into ``images``/``videos``."""
+
+    images: tuple[str, ...] = ()
+    videos: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.videos)
+
+
+@dataclass(frozen=True)
+class PartialOutputs:
+    """A completed job returned fewer outputs than it asked (and was billed) for."""
+
+    received: int
+    requested: int
+
+    def __str__(self) -> str:
+        return f"received {self.received} of {self.requested} requested outputs"
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the result endpoint said; ``outputs`` is empty unless the job completed."""
+
+    request_id: str
+    state: str
+    outputs: Outputs
+    raw: Mapping[str, Any] = field(repr=False)
+    error: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        """True once the job will not change any more."""
+        return self.state in TERMINAL_STATES
+
+    def partial(self, requested: int) -> PartialOutputs | None:
+        """Both numbers when a completed job returned fewer than ``requested`` outputs, else None."""
+        if self.state == "completed" and len(self.outputs) < requested:
+            return PartialOutputs(received=len(self.outputs), requested=requested)
+        return None
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """``outcome`` is ``cancelled``, or ``not_cancellable`` (already running or finished)."""
+
+    request_id: str
+    status: str
+    outcome: Literal["cancelled", "not_cancellable"]
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file fetched completely and renamed into place."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    content_type: str | None
+
+
+# --- policies -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Capped exponential backoff with full jitter; ``Retry-After`` is honoured when given."""
+
+    attempts: int = 5  # tries per call, the first included
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+    max_retry_after: float = 120.0  # a longer Retry-After is reported instead of slept through
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to sleep before try ``attempt + 1`` (``attempt`` counts from 0)."""
+        if retry_after is not None:
+            return retry_after
+        return random.uniform(0.0, min(self.max_delay, self.base_delay * 2.0**attempt))
+
+
+@dataclass(frozen=True)
+class PollPolicy:
+    """How :meth:`Client.wait` polls: soon at first, slower the further back in the queue,
+    fast while running so completion is noticed promptly."""
+
+    first_delay: float = 0.25
+    running_interval: float = 1.0  # cap while in_progress
+    growth: float = 1.5  # each poll in the same state waits this much longer, up to the cap
+    queue_interval: float = 10.0  # cap while in_queue
+    per_queue_position: float = 0.5  # extra seconds per job ahead in the queue
+    unknown_status_timeout: float = 60.0  # an undocumented state is an error after this long
+
+    def next_delay(self, status: Status, polls_in_state: int) -> float:
+        """Seconds until the next status poll, after ``polls_in_state`` polls in this state."""
+        grown = self.first_delay * self.growth ** max(0, polls_in_state)
+        if status.state == "in_queue":
+            ahead = max(0, status.queue_position or 0)
+            return min(self.queue_interval, grown + self.per_queue_position * ahead)
+        return min(self.running_interval, grown)
+
+
+class _RateLimiter:
+    """Spaces requests at least ``1 / rate`` seconds apart, across every task sharing it.
+
+    No lock is needed: a slot is claimed without awaiting, so concurrent tasks queue up in order.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not rate > 0:
+            raise ValueError("max_requests_per_second must be positive")
+        self.interval = 0.0 if math.isinf(rate) else 1.0 / rate
+        self._clock = clock
+        self._next = -math.inf
+
+    def claim(self) -> float:
+        """Reserve the next slot; seconds to wait until it."""
+        now = self._clock()
+        slot = max(now, self._next)
+        self._next = slot + self.interval
+        return slot - now
+
+
+class _BearerAuth(httpx.Auth):
+    """Adds the token only to requests for the API's own origin; its repr shows no token."""
+
+    def __init__(self, token: str, origin: httpx.URL) -> None:
+        self._token = token
+        self._origin = (origin.scheme, origin.host, origin.port)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if (request.url.scheme, request.url.host, request.url.port) == self._origin:
+            request.headers["Authorization"] = f"Bearer {self._token}"
+        yield request
+
+    def __repr__(self) -> str:
+        return "<_BearerAuth ***>"
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+class Client:
+    """Async client of the Model API; use as ``async with Client(...) as client:``."""
+
+    def __init__(
+        self,
+        token: str | None = None,
+        *,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_requests_per_second: float | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        token = (token or "").strip() or resolve_token()
+        if not token:
+            raise AuthenticationError("no RunComfy API token is set", hint=_TOKEN_HINT)
+        self.base_url = resolve_base_url(base_url)
+        self.retry = retry or RetryPolicy()
+        self.poll = poll or PollPolicy()
+        self.max_requests_per_second = max_requests_per_second or DEFAULT_MAX_REQUESTS_PER_SECOND
+        self._limiter = _RateLimiter(self.max_requests_per_second)
+        self._token = token
+        # Tests replace this to observe back-off without waiting.
+        self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
+        headers = {"User-Agent": f"seedflow/{_version()}", "Accept": "application/json"}
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=64)
+        self._api = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=_BearerAuth(token, httpx.URL(self.base_url)),
+            headers=headers,
+            transport=transport,
+            timeout=timeout,
+            limits=limits,
+            follow_redirects=True,
+        )
+        # A second client, with no token at all, for the hosts that serve output files.
+        self._files = httpx.AsyncClient(
+            headers={"User-Agent": headers["User-Agent"]},
+            transport=transport,
+            timeout=timeout,
+            limits=limits,
+            follow_redirects=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"<seedflow.Client base_url={self.base_url!r}>"
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections."""
+        await self._api.aclose()
+        await self._files.aclose()
+
+    # --- the four endpoints ---------------------------------------------------------------------
+
+    async def submit(self, model_id: str, input: Mapping[str, Any]) -> Submission:
+        """Submit one job. Retried only when the service certainly did not get it.
+
+        Raises :class:`SubmitOutcomeUnknown` when the body may have reached the service but no
+        readable answer came back: it may have been billed, so it is never resent.
+        """
+        path = "/v1/models/" + _model_path(model_id)
+        body = await self._call("POST", path, json=dict(input), submit=True)
+        request_id = body.get("request_id")
+        if not isinstance(request_id, str) or not request_id:
+            raise SubmitOutcomeUnknown(
+                "the API accepted a submit without a request_id: "
+                f"{excerpt(str(body), redact=self._token)}",
+                hint="the job may have been accepted and billed; it was not resent",
+            )
+        urls = {name: self._request_url(request_id, name) for name in ("status", "result", "cancel")}
+        return Submission(
+            request_id=request_id,
+            status_url=_str_or(body.get("status_url"), urls["status"]),
+            result_url=_str_or(body.get("result_url"), urls["result"]),
+            cancel_url=_str_or(body.get("cancel_url"), urls["cancel"]),
+        )
+
+    async def status(self, request_id: str) -> Status:
+        """The job's state (normalised) and queue position."""
+        body = await self._call("GET", _request_path(request_id, "status"), request_id=request_id)
+        state = _state_of(body, request_id)
+        position = body.get("queue_position")
+        if state != "in_queue" or not isinstance(position, int) or isinstance(position, bool):
+            position = None
+        return Status(request_id=request_id, state=state, queue_position=position)
+
+    async def result(self, request_id: str) -> Result:
+        """The job's outputs once completed; for an unfinished job, its current state."""
+        body = await self._call("GET", _request_path(request_id, "result"), request_id=request_id)
+        state = _state_of(body, request_id)
+        outputs = _outputs_of(body.get("output")) if state == "completed" else Outputs()
+        error = None
+        if state == "failed":
+            error = server_message(body) or "the job failed on the service (no reason given)"
+        return Result(request_id=request_id, state=state, outputs=outputs, raw=body, error=error)
+
+    async def cancel(self, request_id: str) -> CancelOutcome:
+        """Ask to cancel a queued job; a running or finished job answers ``not_cancellable``."""
+        body = await self._call("POST", _request_path(request_id, "cancel"), request_id=request_id)
+        state = normalise_state(str(body.get("status", "")))
+        outcome = body.get("outcome")
+        if outcome not in ("cancelled", "not_cancellable"):
+            # Tolerate an answer without `outcome`: the status says what happened.
+            outcome = "cancelled" if state == "cancelled" else "not_cancellable"
+        return CancelOutcome(request_id=request_id, status=state, outcome=outcome)
+
+    # --- polling --------------------------------------------------------------------------------
+
+    async def wait(
+        self, request_id: str, *, on_status: Callable[[Status], None] | None = None
+    ) -> Result:
+        """Poll until the job is terminal, then return its result.
+
+        ``on_status`` is called whenever the state or queue position changes. A failed or
+        cancelled job is returned (``result.state``), not raised. An undocumented state, or a
+        result that stays unfinished after the status said terminal, raises
+        :class:`UnexpectedResponse` after ``PollPolicy.unknown_status_timeout`` seconds.
+        """
+        await self._sleep(self.poll.first_delay)
+        seen: Status | None = None
+        polls_in_state = 0
+        strange_since: float | None = None
+        while True:
+            status = await self.status(request_id)
+            if on_status is not None and status != seen:
+                on_status(status)
+            polls_in_state = polls_in_state + 1 if seen and seen.state == status.state else 0
+            seen = status
+            if status.terminal:
+                result = await self.result(request_id)
+                if result.terminal:
+                    return result
+                problem = f"the status says {status.state} but the result says {result.state}"
+            elif not status.known:
+                problem = f"the API reports an undocumented state '{status.state}'"
+            else:
+                strange_since = None
+                await self._sleep(self.poll.next_delay(status, polls_in_state))
+                continue
+            now = time.monotonic()
+            strange_since = now if strange_since is None else strange_since
+            if now - strange_since > self.poll.unknown_status_timeout:
+                raise UnexpectedResponse(
+                    f"{problem} for {self.poll.unknown_status_timeout:g} s",
+                    request_id=request_id,
+                    hint="check the job on RunComfy; seedflow stopped polling it",
+                )
+            await self._sleep(self.poll.running_interval)
+
+    # --- downloads ------------------------------------------------------------------------------
+
+    async def download(self, url: str, dest: Path) -> Download:
+        """Fetch ``url`` into ``dest`` atomically (temp file in ``dest.parent``, then rename).
+
+        The file host never sees the API token. Short bodies and 429/5xx are retried; an
+        expired or missing file (403/404/410) is a :class:`DownloadError` at once.
+        """
+        dest = Path(dest)
+        attempt = 0
+        while True:
+            try:
+                return await self._download_once(url, dest)
+            except DownloadError as error:
+                attempt += 1
+                if not error.retryable or attempt >= self.retry.attempts:
+                    raise
+                await self._sleep(self.retry.delay(attempt - 1, getattr(error, "retry_after", None)))
+
+    async def _download_once(self, url: str, dest: Path) -> Download:
+        where = describe_url(url) if url.startswith(("http://", "https://")) else "?"
+        if where == "?":
+            raise _download_error(f"output URL is not http(s): {url[:40]}", retryable=False)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        except OSError as exc:
+            raise _download_error(f"cannot write into {dest.parent}: {exc}", retryable=False) from exc
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest, size, content_type = await self._stream_into(url, where, out)
+                out.flush()
+                await anyio.to_thread.run_sync(os.fsync, out.fileno())
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise _download_error(f"cannot write {dest}: {exc}", retryable=False) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return Download(path=dest, sha256=digest, bytes=size, content_type=content_type)
+
+    async def _stream_into(self, url: str, where: str, out: Any) -> tuple[str, int, str | None]:
+        """Stream one GET into ``out``: (sha256, bytes, content type), or a DownloadError."""
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            async with self._files.stream("GET", url) as response:
+                _check_download_answer(response, where)
+                content_type = response.headers.get("content-type")
+                async for chunk in response.aiter_bytes():
+                    out.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                expected = response.headers.get("content-length")
+                if expected is not None and expected.isdigit():
+                    # Content-Length counts the bytes on the wire, before any decompression.
+                    encoded = response.headers.get("content-encoding", "identity") != "identity"
+                    got = response.num_bytes_downloaded if encoded else size
+                    if got != int(expected):
+                        raise _download_error(
+                            f"short download of {where}: {got} of {expected} bytes"
+                        )
+        except httpx.HTTPError as exc:
+            mapped = map_transport_error(exc)
+            raise _download_error(f"download of {where} failed: {mapped.message}") from exc
+        return digest.hexdigest(), size, content_type
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    def _request_url(self, request_id: str, action: str) -> str:
+        return self.base_url + _request_path(request_id, action)
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        submit: bool = False,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One API call through the rate limiter and the error boundary, retried per policy."""
+        attempt = 0
+        while True:
+            try:
+                return await self._call_once(method, path, json, submit, request_id)
+            except ApiError as error:
+                attempt += 1
+                if not _may_retry(error, submit) or attempt >= self.retry.attempts:
+                    raise
+                retry_after = error.retry_after if isinstance(error, RateLimited) else None
+                if retry_after is not None and retry_after > self.retry.max_retry_after:
+                    raise
+                await self._sleep(self.retry.delay(attempt - 1, retry_after))
+
+    async def _call_once(
+        self, method: str, path: str, json: Any, submit: bool, request_id: str | None
+    ) -> dict[str, Any]:
+        wait = self._limiter.claim()
+        if wait > 0:
+            await anyio.sleep(wait)
+        try:
+            response = await self._api.request(method, path, json=json)
+        except httpx.HTTPError as exc:
+            raise map_transport_error(exc, submit=submit, request_id=request_id) from exc
+        try:
+            return raise_for_answer(response, redact=self._token, request_id=request_id)
+        except (ServerError, UnexpectedResponse) as error:
+            if submit and error.status_code != 503:
+                # 500/502/504 or an unreadable answer: the job may exist and be billed.
+                raise SubmitOutcomeUnknown(
+                    f"submit outcome unknown: {error.message}",
+                    hint="the job may have been accepted and billed; it is recorded as unknown "
+                    "and was not resent",
+                    status_code=error.status_code,
+                    error_code=error.error_code,
+                ) from error
+            raise
+
+
+def _may_retry(error: ApiError, submit: bool) -> bool:
+    """Whether a failed call may be sent again. A submit only when it certainly did not land."""
+    if not submit:
+        return error.retryable
+    if isinstance(error, SubmitOutcomeUnknown):
+        return False
+    if isinstance(error, RateLimited):
+        return True
+    if isinstance(error, ServerError):
+        return error.status_code == 503
+    return isinstance(error, NetworkError) and _connect_failed(error)
+
+
+def _connect_failed(error: NetworkError) -> bool:
+    cause = error.__cause__
+    return isinstance(cause, httpx.HTTPError) and certainly_not_sent(cause)
+
+
+def _check_download_answer(response: httpx.Response, where: str) -> None:
+    status = response.status_code
+    if status in (403, 404, 410):
+        raise _download_error(
+            f"output file {where} is gone or its link expired (HTTP {status})",
+            retryable=False,
+            status_code=status,
+            hint="output URLs expire; download right after the job completes, or resubmit",
+        )
+    if status == 429 or status >= 500:
+        raise _download_error(f"file host answered HTTP {status} for {where}", status_code=status)
+    if not 200 <= status < 300:
+        raise _download_error(
+            f"file host answered HTTP {status} for {where}", retryable=False, status_code=status
+        )
+    content_type = response.headers.get("content-type")
+    if content_type is not None and not content_type.lower().startswith(_DOWNLOAD_TYPES):
+        raise _download_error(
+            f"{where} is not an image or video (content type {content_type})",
+            retryable=False,
+            status_code=status,
+        )
+
+
+def _download_error(message: str, *, retryable: bool = True, **kwargs: Any) -> DownloadError:
+    error = DownloadError(message, **kwargs)
+    error.retryable = retryable
+    return error
+
+
+def _model_path(model_id: str) -> str:
+    """The model id as path segments (it contains slashes, sent as is), each segment quoted."""
+    segments = model_id.split("/")
+    if not model_id or any(s in ("", ".", "..") for s in segments):
+        raise ModelRejected(f"'{model_id}' is not a model id", hint="e.g. owner/model/variant")
+    return "/".join(quote(s, safe="") for s in segments)
+
+
+def _request_path(request_id: str, action: str) -> str:
+    if not request_id or request_id in (".", ".."):
+        raise RequestNotFound(f"'{request_id}' is not a request id")
+    return f"/v1/requests/{quote(request_id, safe='')}/{action}"
+
+
+def _state_of(body: Mapping[str, Any], request_id: str) -> str:
+    raw = body.get("status")
+    if not isinstance(raw, str) or not raw.strip():
+        raise UnexpectedResponse(
+            f"the API answer has no status: {excerpt(str(body))}", request_id=request_id
+        )
+    return normalise_state(raw)
+
+
+def _outputs_of(output: Any) -> Outputs:
+    """``output.image/images/video/videos`` (each a URL or a list of URLs) as two tuples."""
+    if not isinstance(output, Mapping):
+        return Outputs()
+
+    def urls(*keys: str) -> tuple[str, ...]:
+        found: list[str] = []
+        for key in keys:
+            value = output.get(key)
+            items = value if isinstance(value, list) else [value]
+            found.extend(v for v in items if isinstance(v, str) and v)
+        return tuple(found)
+
+    return Outputs(images=urls("image", "images"), videos=urls("video", "videos"))
+
+
+def _str_or(value: Any, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("seedflow")
+    except Exception:  # not installed (running from a checkout)
+        return "0"
