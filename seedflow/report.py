@@ -1,0 +1,1052 @@
+"""Reports of a run: a grid of its images laid out by two sweep axes.
+
+Data flows one way: ``manifest.json`` → :func:`build_grid` (pure layout, no I/O) →
+:func:`make_thumbnails` (Pillow, cached by sha256 in ``thumbs/``) → :func:`render_html` /
+:func:`write_sheet`. :func:`write_report` does all of it for a run folder and is cheap enough to
+call after every finished job, so a page can fill in while a run goes on.
+
+Every link the page holds is relative to the run folder, so the folder can be zipped and mailed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+import jsonschema
+
+from .errors import RunError, UsageError
+from .models import load_bundled_schema
+
+__all__ = [
+    "Tile",
+    "Entry",
+    "Cell",
+    "Page",
+    "Grid",
+    "REPORT_NAME",
+    "THUMBS_DIR",
+    "load_manifest",
+    "find_run_dir",
+    "default_axes",
+    "build_grid",
+    "make_thumbnails",
+    "render_html",
+    "write_report",
+    "write_sheet",
+    "reproduce_command",
+    "value_label",
+]
+
+REPORT_NAME = "report.html"
+THUMBS_DIR = "thumbs"
+MANIFEST_NAME = "manifest.json"
+THUMB_SIZE = 320  # longest side in pixels: sharp at ~160 CSS px on a 2x screen
+NO_VALUE = "—"  # label of a job that does not have the axis at all
+SEED_AXIS = "seed"
+JOB_AXIS = "job"  # pseudo axis used when a run has no sweep axis at all
+
+# Cell statuses, in the order a legend lists them.
+STATUSES = ("ok", "partial", "failed", "cancelled", "unknown", "missing", "waiting", "empty")
+_WAITING_STATES = {"pending", "submitting", "queued", "running"}
+
+
+# --------------------------------------------------------------------------- grid model
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One output slot of a job: an image that came back, or the reason it is not there."""
+
+    index: int
+    path: str | None  # relative to the run folder, POSIX
+    status: str  # "ok" | "missing" (file not in the run folder) | "not_returned" | "unreadable"
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    url: str | None = None
+    thumb: str | None = None  # relative path of the thumbnail, filled by make_thumbnails
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One job placed in a cell, with everything the detail view shows."""
+
+    job: Mapping[str, Any]
+    status: str  # one of STATUSES
+    reason: str | None  # why the cell is not a plain success, for people
+    tiles: tuple[Tile, ...]
+
+    @property
+    def id(self) -> str:
+        return str(self.job.get("id", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.job.get("name", ""))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The intersection of a column and a row: the jobs (normally one) with those values."""
+
+    x: str  # value key (canonical JSON) of the column
+    y: str
+    entries: tuple[Entry, ...]
+
+    @property
+    def status(self) -> str:
+        """The status shown for the cell: its worst entry's, or ``empty`` with no job."""
+        if not self.entries:
+            return "empty"
+        return max((e.status for e in self.entries), key=_status_rank)
+
+
+@dataclass(frozen=True)
+class AxisValue:
+    """A value of an axis: its key (canonical JSON) and its label for people."""
+
+    key: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Page:
+    """One grid: the jobs sharing a job group and the values of every axis not on x or y."""
+
+    key: str
+    title: str  # e.g. "style=oil · seed=7", "" when the run has a single page
+    fixed: tuple[tuple[str, str], ...]  # (axis or "group", label) pairs shared by the page
+    columns: tuple[AxisValue, ...]
+    rows: tuple[AxisValue, ...]
+    cells: tuple[tuple[Cell, ...], ...]  # cells[row][column]
+
+    def entries(self) -> Iterable[Entry]:
+        """Every job of the page, row by row."""
+        for row in self.cells:
+            for cell in row:
+                yield from cell.entries
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The layout of a whole run: pages of rows × columns of cells."""
+
+    x: str | None
+    y: str | None
+    page_axes: tuple[str, ...]
+    pages: tuple[Page, ...]
+    jobs: int = 0
+    problems: tuple[str, ...] = field(default=())  # things the layout had to guess about
+
+    def entries(self) -> Iterable[Entry]:
+        for page in self.pages:
+            yield from page.entries()
+
+    def tiles(self) -> Iterable[Tile]:
+        for entry in self.entries():
+            yield from entry.tiles
+
+
+def _status_rank(status: str) -> int:
+    # Worse statuses win when several jobs share one cell.
+    order = ("empty", "ok", "waiting", "partial", "missing", "unknown", "cancelled", "failed")
+    return order.index(status) if status in order else len(order)
+
+
+# --------------------------------------------------------------------------- values and axes
+
+
+def value_key(value: Any) -> str:
+    """A canonical, hashable key for a variable's value (JSON, keys sorted)."""
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def value_label(value: Any) -> str:
+    """How a value is written for people: strings bare, everything else as YAML would show it."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+_MISSING = object()
+
+
+def _job_value(job: Mapping[str, Any], axis: str) -> Any:
+    if axis == JOB_AXIS:
+        return job.get("name")
+    variables = job.get("variables") or {}
+    if axis in variables:
+        return variables[axis]
+    if axis == SEED_AXIS and job.get("seed") is not None:
+        return job["seed"]
+    return _MISSING
+
+
+def _axis_value(job: Mapping[str, Any], axis: str) -> AxisValue:
+    value = _job_value(job, axis)
+    if value is _MISSING:
+        return AxisValue(key="\x00missing", label=NO_VALUE)
+    return AxisValue(key=value_key(value), label=value_label(value))
+
+
+def _available_axes(manifest: Mapping[str, Any]) -> list[str]:
+    """Axes a grid can use: the manifest's sweep axes, then any variable that varies."""
+    names = list((manifest.get("axes") or {}).keys())
+    jobs = manifest.get("jobs") or []
+    seen: dict[str, set[str]] = {}
+    for job in jobs:
+        for name, value in (job.get("variables") or {}).items():
+            seen.setdefault(name, set()).add(value_key(value))
+    for name, values in seen.items():
+        if name not in names and len(values) > 1:
+            names.append(name)
+    if SEED_AXIS not in names and len({value_key(j.get("seed")) for j in jobs}) > 1:
+        names.append(SEED_AXIS)
+    return names
+
+
+def _ranked_axes(manifest: Mapping[str, Any]) -> list[str]:
+    """Sweep axes with more than one value, best grid axes first.
+
+    Most values first (ties keep pipeline order); seeds last: a seed sweep is usually
+    something to page through, a parameter sweep something to compare side by side.
+    """
+    axes: Mapping[str, Sequence[Any]] = manifest.get("axes") or {}
+    varying = [a for a in axes if len(axes[a]) > 1]
+    return sorted(varying, key=lambda a: (a == SEED_AXIS, -len(axes[a])))
+
+
+def default_axes(manifest: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """The x and y axes a report uses unless told: the two sweep axes with most values."""
+    ranked = _ranked_axes(manifest)
+    if not ranked:
+        jobs = manifest.get("jobs") or []
+        return (JOB_AXIS if len(jobs) > 1 else None), None
+    return ranked[0], (ranked[1] if len(ranked) > 1 else None)
+
+
+def _check_axis(name: str | None, option: str, available: Sequence[str]) -> None:
+    if name is None or name == JOB_AXIS or name in available:
+        return
+    shown = ", ".join(available) if available else "none (every job has the same variables)"
+    raise UsageError(
+        f"{option} {name!r}: the run has no such axis",
+        hint=f"axes of this run: {shown}",
+    )
+
+
+# --------------------------------------------------------------------------- cells
+
+
+def _reason(job: Mapping[str, Any], status: str, tiles: Sequence[Tile]) -> str | None:
+    state = job.get("state")
+    error = job.get("error")
+    if status == "ok":
+        return None
+    if status == "missing":
+        gone = sum(1 for t in tiles if t.status in ("missing", "unreadable"))
+        return f"{gone} of {len(tiles)} image file(s) missing from the run folder"
+    if status == "partial":
+        received = sum(1 for t in tiles if t.status != "not_returned")
+        requested = job.get("images_requested")
+        text = f"{received} of {requested} images came back"
+        return f"{text}: {error}" if error and text not in error else (error or text)
+    if status == "waiting":
+        return {"pending": "not sent yet", "submitting": "being submitted",
+                "queued": "in the queue", "running": "running"}.get(str(state), str(state))
+    if status == "unknown":
+        return error or "submit outcome unknown: it may have been accepted and billed"
+    if status == "cancelled":
+        return error or "cancelled"
+    return error or str(state or "failed")
+
+
+def _tiles(job: Mapping[str, Any], exists: Callable[[str], bool]) -> list[Tile]:
+    tiles: list[Tile] = []
+    for out in sorted(job.get("outputs") or [], key=lambda o: int(o.get("index", 0))):
+        path = out.get("path")
+        safe = _safe_relative(path)
+        status = "ok" if safe is not None and exists(safe) else "missing"
+        tiles.append(
+            Tile(
+                index=int(out.get("index", len(tiles))),
+                path=safe,
+                status=status,
+                sha256=out.get("sha256"),
+                bytes=out.get("bytes"),
+                width=out.get("width"),
+                height=out.get("height"),
+                url=out.get("url"),
+            )
+        )
+    return tiles
+
+
+def _entry(job: Mapping[str, Any], exists: Callable[[str], bool]) -> Entry:
+    """Place one job: its tiles in output order and the status its cell shows."""
+    state = str(job.get("state", "pending"))
+    tiles = _tiles(job, exists)
+    requested = int(job.get("images_requested") or 0)
+    if state in ("completed", "reused", "partial"):
+        # Sequential outputs may be fewer than requested: keep a slot for each one that did
+        # not come back so the grid stays aligned and the gap is visible.
+        if state == "partial" or len(tiles) < requested:
+            for i in range(len(tiles), requested):
+                tiles.append(Tile(index=i, path=None, status="not_returned"))
+        if any(t.status in ("missing", "unreadable") for t in tiles):
+            status = "missing"
+        elif any(t.status == "not_returned" for t in tiles) or state == "partial":
+            status = "partial"
+        else:
+            status = "ok"
+    elif state in _WAITING_STATES:
+        status = "waiting"
+    elif state == "unknown":
+        status = "unknown"
+    elif state == "cancelled":
+        status = "cancelled"
+    else:
+        status = "failed"
+    return Entry(job=job, status=status, reason=_reason(job, status, tiles), tiles=tuple(tiles))
+
+
+def _safe_relative(path: Any) -> str | None:
+    """``path`` if it stays inside the run folder, else None (never link outside it)."""
+    if not isinstance(path, str) or not path or "\\" in path:
+        return None
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or ".." in pure.parts or ":" in pure.parts[0]:
+        return None
+    return pure.as_posix()
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def build_grid(
+    manifest: Mapping[str, Any],
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    exists: Callable[[str], bool] | None = None,
+    plan_jobs: Sequence[Mapping[str, Any]] = (),
+) -> Grid:
+    """Lay out a run's jobs: columns by ``x``, rows by ``y``, a page per group of the rest.
+
+    Pure: ``exists`` answers whether a relative output path is present (default: assume so).
+    ``plan_jobs`` are jobs of the plan, so a job the manifest lacks still gets a cell, marked
+    missing. Raises :class:`UsageError` for an axis the run does not have.
+    """
+    available = _available_axes(manifest)
+    _check_axis(x, "--x", available)
+    _check_axis(y, "--y", available)
+    if x is not None and x == y:
+        raise UsageError(f"--x and --y are both {x!r}", hint="choose two different axes")
+    if x is None and y is None:
+        x, y = default_axes(manifest)
+    elif x is None or y is None:
+        # One axis given: the best remaining sweep axis takes the other side.
+        other = next((a for a in _ranked_axes(manifest) if a not in (x, y)), None)
+        x, y = (x, other) if x is not None else (other, y)
+
+    jobs = _all_jobs(manifest, plan_jobs)
+    page_axes = tuple(a for a in available if a not in (x, y))
+    check = exists or (lambda _path: True)
+
+    pages: dict[str, list[tuple[Mapping[str, Any], Entry]]] = {}
+    fixed_of: dict[str, tuple[tuple[str, str], ...]] = {}
+    for job in jobs:
+        fixed = _page_fixed(job, page_axes)
+        key = value_key(fixed)
+        pages.setdefault(key, []).append((job, _entry(job, check)))
+        fixed_of[key] = fixed
+
+    axes_values: Mapping[str, Sequence[Any]] = manifest.get("axes") or {}
+    built = tuple(
+        _page(key, fixed_of[key], members, x, y, axes_values) for key, members in pages.items()
+    )
+    problems = tuple(
+        f"job {j.get('name')!r} is in the plan but not in the manifest"
+        for j in jobs
+        if j.get("state") == "__absent__"
+    )
+    return Grid(x=x, y=y, page_axes=page_axes, pages=built, jobs=len(jobs), problems=problems)
+
+
+def _all_jobs(
+    manifest: Mapping[str, Any], plan_jobs: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    jobs: list[Mapping[str, Any]] = list(manifest.get("jobs") or [])
+    known = {j.get("id") for j in jobs}
+    for planned in plan_jobs:
+        if planned.get("id") not in known:
+            # A planned job the manifest lost: show it, never drop it.
+            jobs.append({**planned, "state": "__absent__", "outputs": [],
+                         "error": "in the plan but not in the manifest"})
+    return sorted(jobs, key=lambda j: int(j.get("index", 0)))
+
+
+def _page_fixed(job: Mapping[str, Any], page_axes: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    fixed: list[tuple[str, str]] = []
+    if job.get("group") is not None:
+        fixed.append(("group", str(job["group"])))
+    for axis in page_axes:
+        value = _job_value(job, axis)
+        if value is not _MISSING:
+            fixed.append((axis, value_label(value)))
+    return tuple(fixed)
+
+
+def _ordered_values(
+    axis: str | None, jobs: Sequence[Mapping[str, Any]], axes_values: Mapping[str, Sequence[Any]]
+) -> list[AxisValue]:
+    """The values of ``axis`` present among ``jobs``: pipeline order first, then as met."""
+    if axis is None:
+        return [AxisValue(key="", label="")]
+    present: dict[str, AxisValue] = {}
+    for job in jobs:
+        value = _axis_value(job, axis)
+        present.setdefault(value.key, value)
+    ordered: list[AxisValue] = []
+    for value in axes_values.get(axis, ()):
+        key = value_key(value)
+        if key in present:
+            ordered.append(present.pop(key))
+    ordered.extend(present.values())
+    return ordered
+
+
+def _page(
+    key: str,
+    fixed: tuple[tuple[str, str], ...],
+    members: Sequence[tuple[Mapping[str, Any], Entry]],
+    x: str | None,
+    y: str | None,
+    axes_values: Mapping[str, Sequence[Any]],
+) -> Page:
+    jobs = [job for job, _ in members]
+    columns = _ordered_values(x, jobs, axes_values)
+    rows = _ordered_values(y, jobs, axes_values)
+    slots: dict[tuple[str, str], list[Entry]] = {}
+    for job, entry in members:
+        cx = _axis_value(job, x).key if x else ""
+        cy = _axis_value(job, y).key if y else ""
+        slots.setdefault((cy, cx), []).append(entry)
+    cells = tuple(
+        tuple(Cell(x=c.key, y=r.key, entries=tuple(slots.get((r.key, c.key), ()))) for c in columns)
+        for r in rows
+    )
+    title = " · ".join(f"{name}={label}" for name, label in fixed)
+    return Page(key=key, title=title, fixed=fixed, columns=tuple(columns), rows=tuple(rows),
+                cells=cells)
+
+
+# --------------------------------------------------------------------------- reproduction
+
+
+def reproduce_command(manifest: Mapping[str, Any], job: Mapping[str, Any]) -> str:
+    """A one-line shell command that runs exactly this job again.
+
+    It pins every sweep axis and the seed with ``--set`` on the pipeline the run was planned
+    from (the run folder's copy, ``pipeline.yaml``, when the original path is absolute, so no
+    path of this machine leaks into a shared report).
+    """
+    pipeline = manifest.get("pipeline") or {}
+    path = pipeline.get("path")
+    if not isinstance(path, str) or _safe_relative(path) is None:
+        path = "pipeline.yaml"
+    parts = ["seedflow", "run", path]
+    variables = job.get("variables") or {}
+    pinned = list((manifest.get("axes") or {}).keys())
+    for name in pinned:
+        if name in variables:
+            parts += ["--set", f"{name}={_set_value(variables[name])}"]
+    if SEED_AXIS not in pinned and job.get("seed") is not None:
+        parts += ["--set", f"{SEED_AXIS}={job['seed']}"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _set_value(value: Any) -> str:
+    # --set values are read as YAML scalars: strings bare, the rest as JSON (valid YAML).
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- run folder I/O
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """Read and check ``manifest.json`` of a run folder (raises :class:`RunError`)."""
+    path = Path(run_dir) / MANIFEST_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunError(
+            f"{path}: no manifest.json here",
+            hint="give a run folder (runs/<pipeline>/<run id>) or a run id",
+        ) from None
+    except OSError as exc:
+        raise RunError(f"{path}: cannot read the manifest: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    error = jsonschema.exceptions.best_match(_manifest_validator().iter_errors(data))
+    if error is not None:
+        where = error.json_path
+        raise RunError(
+            f"{path}: not a seedflow manifest: at {where}: {error.message}",
+            hint="was it written by another version of seedflow?",
+        )
+    assert isinstance(data, dict)
+    return data
+
+
+def _manifest_validator() -> jsonschema.protocols.Validator:
+    schema = load_bundled_schema("manifest.schema.json")
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema)  # type: ignore[no-any-return]
+
+
+def find_run_dir(run: str | os.PathLike[str], out: str | os.PathLike[str] = "runs") -> Path:
+    """The run folder meant by ``run``: a run folder, a pipeline's folder (its latest run),
+    or a run id looked up under ``out``."""
+    given = Path(run)
+    if (given / MANIFEST_NAME).is_file():
+        return given
+    if given.is_dir():
+        latest = _latest_run(given.iterdir())
+        if latest is not None:
+            return latest
+    base = Path(out)
+    if base.is_dir() and not given.is_absolute() and len(given.parts) == 1:
+        candidates = [p for p in base.glob(f"*/{given.name}") if (p / MANIFEST_NAME).is_file()]
+        candidates += [base / given.name] if (base / given.name / MANIFEST_NAME).is_file() else []
+        if len(candidates) == 1:
+            return candidates[0]
+        if len(candidates) > 1:
+            shown = ", ".join(str(c) for c in candidates)
+            raise UsageError(f"run id {str(run)!r} is ambiguous: {shown}",
+                             hint="give the run folder's path")
+    raise UsageError(
+        f"{str(run)!r} is not a run folder, nor a run id under {base}/",
+        hint="give a path like runs/<pipeline>/<run id>, or a run id with --out DIR",
+    )
+
+
+def _latest_run(children: Iterable[Path]) -> Path | None:
+    runs = sorted(p for p in children if (p / MANIFEST_NAME).is_file())
+    return runs[-1] if runs else None
+
+
+def _plan_jobs(run_dir: Path) -> list[Mapping[str, Any]]:
+    """Jobs of ``plan.json`` when present (so a job the manifest misses still shows)."""
+    try:
+        data = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    return [j for j in jobs if isinstance(j, dict) and "id" in j] if isinstance(jobs, list) else []
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # A browser reloading mid-write must see the old page or the new one, never half of one.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- thumbnails
+
+
+def _thumb_name(sha256: str, size: int) -> str:
+    return f"{THUMBS_DIR}/{sha256}-{size}.jpg"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_thumbnails(run_dir: Path, grid: Grid, *, size: int = THUMB_SIZE) -> Grid:
+    """Make (or reuse) a JPEG thumbnail for every present image; return the grid with them.
+
+    Thumbnails are named by the image's sha256, so identical images share one and a report
+    written again after each job only makes the new ones. An image Pillow cannot read gets
+    status ``unreadable`` and its cell is marked, not dropped.
+    """
+    run_dir = Path(run_dir)
+    (run_dir / THUMBS_DIR).mkdir(exist_ok=True)
+    done: dict[str, Tile] = {}
+
+    def convert(tile: Tile) -> Tile:
+        if tile.status != "ok" or tile.path is None:
+            return tile
+        if tile.path in done:
+            return done[tile.path]
+        source = run_dir / tile.path
+        sha = tile.sha256 or _file_sha256(source)
+        name = _thumb_name(sha, size)
+        target = run_dir / name
+        result = tile
+        if target.is_file() or _thumbnail(source, target, size):
+            result = _replace(tile, thumb=name, sha256=sha)
+        else:
+            result = _replace(tile, status="unreadable")
+        done[tile.path] = result
+        return result
+
+    return _map_entries(grid, lambda e: _with_tiles(e, tuple(convert(t) for t in e.tiles)))
+
+
+def _thumbnail(source: Path, target: Path, size: int) -> bool:
+    """Write a JPEG thumbnail of ``source``; False when it is not an image Pillow can read."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(source) as image:
+            image.draft("RGB", (size, size))  # JPEG decodes at a lower scale: much faster
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)
+            flat = _flatten(image)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+    from io import BytesIO
+
+    buffer = BytesIO()
+    flat.save(buffer, "JPEG", quality=82, optimize=True, progressive=True)
+    _atomic_write(target, buffer.getvalue())
+    return True
+
+
+def _flatten(image: Any) -> Any:
+    """RGB on white: JPEG has no alpha, and a checkerboard would distract."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _replace(tile: Tile, **changes: Any) -> Tile:
+    from dataclasses import replace
+
+    return replace(tile, **changes)
+
+
+def _with_tiles(entry: Entry, tiles: tuple[Tile, ...]) -> Entry:
+    status = entry.status
+    if status == "ok" and any(t.status == "unreadable" for t in tiles):
+        status = "missing"
+    reason = entry.reason
+    if status != entry.status:
+        reason = f"{sum(t.status == 'unreadable' for t in tiles)} image file(s) unreadable"
+    return Entry(job=entry.job, status=status, reason=reason, tiles=tiles)
+
+
+def _map_entries(grid: Grid, change: Callable[[Entry], Entry]) -> Grid:
+    pages = tuple(
+        Page(
+            key=p.key, title=p.title, fixed=p.fixed, columns=p.columns, rows=p.rows,
+            cells=tuple(
+                tuple(Cell(x=c.x, y=c.y, entries=tuple(change(e) for e in c.entries)) for c in row)
+                for row in p.cells
+            ),
+        )
+        for p in grid.pages
+    )
+    return Grid(x=grid.x, y=grid.y, page_axes=grid.page_axes, pages=pages, jobs=grid.jobs,
+                problems=grid.problems)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _template() -> jinja2.Template:
+    text = resources.files("seedflow").joinpath("templates", "report.html.j2").read_text("utf-8")
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["href"] = _href
+    return env.from_string(text)
+
+
+def _href(path: str | None) -> str:
+    """A relative URL for a run-folder path (percent-encoded, so any file name works)."""
+    return quote(path or "", safe="/")
+
+
+def _parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def _prompt_field(model: str) -> str | None:
+    from .errors import UnknownModelError
+    from .models import get_model
+
+    try:
+        return get_model(model).prompt_field
+    except UnknownModelError:
+        return None
+
+
+def _summary(manifest: Mapping[str, Any], now: datetime | None) -> dict[str, Any]:
+    """The header's facts, as text."""
+    totals = manifest.get("totals") or {}
+    started = _parse_time(manifest.get("started_at"))
+    ended = _parse_time(manifest.get("ended_at"))
+    end = ended or now
+    duration = _duration((end - started).total_seconds()) if started and end else "?"
+    cost = totals.get("estimated_cost")
+    currency = totals.get("currency", "")
+    by_state = {k: v for k, v in (totals.get("by_state") or {}).items() if v}
+    return {
+        "pipeline": (manifest.get("pipeline") or {}).get("name", ""),
+        "model": manifest.get("model", ""),
+        "run_id": manifest.get("run_id", ""),
+        "status": manifest.get("status", ""),
+        "stop_reason": manifest.get("stop_reason"),
+        "offline": bool(manifest.get("offline")),
+        "jobs": totals.get("jobs", len(manifest.get("jobs") or [])),
+        "by_state": by_state,
+        "images": totals.get("images", 0),
+        "images_requested": totals.get("images_requested"),
+        "cost": f"{cost:.2f} {currency}".strip() if isinstance(cost, (int, float)) else "?",
+        "started": started.strftime("%Y-%m-%d %H:%M:%S UTC") if started else "?",
+        "duration": duration if ended else f"{duration} so far",
+        "ended": ended is not None,
+        "seedflow_version": manifest.get("seedflow_version", ""),
+        "git_commit": (manifest.get("pipeline") or {}).get("git_commit"),
+    }
+
+
+def _detail(manifest: Mapping[str, Any], entry: Entry, prompt_field: str | None) -> dict[str, Any]:
+    """What the detail view shows for one job (embedded as JSON in the page)."""
+    job = entry.job
+    inputs = job.get("input") or {}
+    prompt = inputs.get(prompt_field) if prompt_field else None
+    return {
+        "id": entry.id,
+        "name": entry.name,
+        "group": job.get("group"),
+        "state": job.get("state"),
+        "status": entry.status,
+        "reason": entry.reason,
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "variables": {k: value_label(v) for k, v in (job.get("variables") or {}).items()},
+        "seed": job.get("seed"),
+        "request_id": job.get("request_id"),
+        "model": job.get("model"),
+        "attempts": job.get("attempts"),
+        "submitted_at": job.get("submitted_at"),
+        "completed_at": job.get("completed_at"),
+        "reused_from": job.get("reused_from"),
+        "input": inputs,
+        "command": reproduce_command(manifest, job),
+        "tiles": [
+            {"index": t.index, "path": _href(t.path) if t.path else None, "status": t.status,
+             "sha256": t.sha256, "bytes": t.bytes, "width": t.width, "height": t.height}
+            for t in entry.tiles
+        ],
+    }
+
+
+def _script_json(data: Any) -> str:
+    # Safe inside <script>: no "</script>", no "<!--", no HTML entity surprises.
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(
+    manifest: Mapping[str, Any],
+    grid: Grid,
+    *,
+    live: bool | None = None,
+    now: datetime | None = None,
+    refresh_seconds: int = 5,
+) -> str:
+    """The report page as text. ``live`` (default: the run has not ended) makes it reload."""
+    if live is None:
+        live = manifest.get("ended_at") is None and manifest.get("status") == "running"
+    prompt_field = _prompt_field(str(manifest.get("model", "")))
+    details = {e.id: _detail(manifest, e, prompt_field) for e in grid.entries()}
+    max_tiles = max((len(e.tiles) for e in grid.entries()), default=1) or 1
+    return _template().render(
+        summary=_summary(manifest, now or datetime.now(timezone.utc)),
+        grid=grid,
+        statuses=STATUSES,
+        details_json=_script_json(details),
+        live=live,
+        refresh_seconds=refresh_seconds,
+        max_tiles=max_tiles,
+        generated=(now or datetime.now(timezone.utc)).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    )
+
+
+def write_report(
+    run_dir: str | os.PathLike[str],
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    sheet: str | os.PathLike[str] | None = None,
+    live: bool | None = None,
+    manifest: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``report.html`` (and thumbnails) into a run folder; return the page's path.
+
+    Cheap to call after every finished job: thumbnails are cached by sha256 and the page is
+    replaced atomically. ``live`` makes the page reload itself every few seconds (default:
+    while the manifest says the run has not ended). ``manifest`` skips reading the file when
+    the caller holds it already. ``sheet`` also writes a labelled contact sheet PNG there.
+    """
+    folder = Path(run_dir)
+    data = dict(manifest) if manifest is not None else load_manifest(folder)
+    grid = build_grid(
+        data,
+        x=x,
+        y=y,
+        exists=lambda rel: (folder / rel).is_file(),
+        plan_jobs=_plan_jobs(folder),
+    )
+    grid = make_thumbnails(folder, grid)
+    page = folder / REPORT_NAME
+    _atomic_write(page, render_html(data, grid, live=live).encode("utf-8"))
+    if sheet is not None:
+        write_sheet(folder, grid, Path(sheet), title=_sheet_title(data))
+    return page
+
+
+# --------------------------------------------------------------------------- contact sheet
+
+
+def _sheet_title(manifest: Mapping[str, Any]) -> str:
+    summary = _summary(manifest, None)
+    return f"{summary['pipeline']} · {summary['model']} · run {summary['run_id']}"
+
+
+_SHEET_COLORS = {
+    "background": (250, 250, 248),
+    "text": (30, 30, 30),
+    "muted": (110, 110, 110),
+    "header": (236, 236, 232),
+    "failed": (253, 226, 226),
+    "cancelled": (235, 235, 235),
+    "unknown": (255, 240, 214),
+    "missing": (255, 240, 214),
+    "partial": (255, 248, 225),
+    "waiting": (232, 240, 252),
+    "empty": (244, 244, 242),
+    "ok": (255, 255, 255),
+    "slot": (225, 225, 222),
+}
+
+
+def write_sheet(
+    run_dir: Path, grid: Grid, out: Path, *, title: str = "", tile: int = 160
+) -> Path:
+    """Draw the grid as one labelled PNG contact sheet (pages stacked), return its path."""
+    from PIL import Image, ImageDraw
+
+    run_dir = Path(run_dir)
+    fonts = _fonts()
+    blocks = [_sheet_page(run_dir, page, grid, tile, fonts) for page in grid.pages]
+    pad = 16
+    title_h = 40 if title else 0
+    width = max([b.width for b in blocks] + [400]) + 2 * pad
+    height = title_h + sum(b.height + pad for b in blocks) + pad
+    sheet = Image.new("RGB", (width, height), _SHEET_COLORS["background"])
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, 12), title, fill=_SHEET_COLORS["text"], font=fonts["title"])
+    top = title_h + pad
+    for block in blocks:
+        sheet.paste(block, (pad, top))
+        top += block.height + pad
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = _png_bytes(sheet)
+    _atomic_write(out, buffer)
+    return out
+
+
+def _png_bytes(image: Any) -> bytes:
+    from io import BytesIO
+
+    buffer = BytesIO()
+    image.save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def _fonts() -> dict[str, Any]:
+    from PIL import ImageFont
+
+    # Pillow's bundled font: labels look the same on every machine, no system font needed.
+    return {
+        "title": ImageFont.load_default(size=20),
+        "label": ImageFont.load_default(size=14),
+        "small": ImageFont.load_default(size=12),
+    }
+
+
+def _fit(draw: Any, text: str, font: Any, width: int) -> str:
+    """``text`` shortened with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int, lines: int) -> list[str]:
+    words, out, line = text.split(), [], ""
+    for word in words:
+        trial = f"{line} {word}".strip()
+        if draw.textlength(trial, font=font) <= width:
+            line = trial
+            continue
+        if line:
+            out.append(line)
+        line = word
+        if len(out) == lines:
+            break
+    if line and len(out) < lines:
+        out.append(line)
+    if len(out) == lines and " ".join(out) != " ".join(words):
+        out[-1] = _fit(draw, out[-1] + " …", font, width)
+    return [_fit(draw, item, font, width) for item in out]
+
+
+def _sheet_page(run_dir: Path, page: Page, grid: Grid, tile: int, fonts: Mapping[str, Any]) -> Any:
+    from PIL import Image, ImageDraw
+
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    per_cell = max((len(e.tiles) for e in page.entries()), default=1) or 1
+    jobs_per_cell = max((len(c.entries) for row in page.cells for c in row), default=1) or 1
+    gap, pad = 4, 8
+    cell_w = per_cell * (tile + gap) - gap + 2 * pad
+    cell_h = jobs_per_cell * (tile + gap) - gap + 2 * pad + 18  # + caption line
+    label_w = 0
+    if grid.y:
+        widths = [probe.textlength(r.label, font=fonts["label"]) for r in page.rows]
+        label_w = int(min(max(widths + [probe.textlength(grid.y, font=fonts["small"])]), 220)) + 20
+    title_h = 30 if page.title else 0
+    head_h = 44 if grid.x else 0
+    width = label_w + len(page.columns) * cell_w
+    height = title_h + head_h + len(page.rows) * cell_h
+    block = Image.new("RGB", (int(width), int(height)), _SHEET_COLORS["background"])
+    draw = ImageDraw.Draw(block)
+    if page.title:
+        draw.text((0, 4), page.title, fill=_SHEET_COLORS["text"], font=fonts["label"])
+    top = title_h
+    if grid.x:
+        draw.text((label_w, top + 2), grid.x, fill=_SHEET_COLORS["muted"], font=fonts["small"])
+        for i, column in enumerate(page.columns):
+            left = label_w + i * cell_w
+            draw.rectangle([left, top + 18, left + cell_w - 2, top + head_h - 2],
+                           fill=_SHEET_COLORS["header"])
+            text = _fit(draw, column.label, fonts["label"], cell_w - 12)
+            draw.text((left + 6, top + 22), text, fill=_SHEET_COLORS["text"], font=fonts["label"])
+        top += head_h
+    if grid.y and title_h + head_h > 16:
+        draw.text((2, top - 18), grid.y, fill=_SHEET_COLORS["muted"], font=fonts["small"])
+    for r, row in enumerate(page.cells):
+        row_top = top + r * cell_h
+        if grid.y:
+            draw.rectangle([0, row_top, label_w - 4, row_top + cell_h - 2],
+                           fill=_SHEET_COLORS["header"])
+            for n, line in enumerate(_wrap(draw, page.rows[r].label, fonts["label"],
+                                           label_w - 14, 4)):
+                draw.text((6, row_top + 8 + 18 * n), line, fill=_SHEET_COLORS["text"],
+                          font=fonts["label"])
+        for c, cell in enumerate(row):
+            left = label_w + c * cell_w
+            _sheet_cell(block, draw, run_dir, cell, (left, row_top, cell_w - 2, cell_h - 2),
+                        tile, gap, pad, fonts)
+    return block
+
+
+def _sheet_cell(
+    block: Any, draw: Any, run_dir: Path, cell: Cell, box: tuple[int, int, int, int],
+    tile: int, gap: int, pad: int, fonts: Mapping[str, Any],
+) -> None:
+    from PIL import Image
+
+    left, top, width, height = box
+    draw.rectangle([left, top, left + width, top + height], fill=_SHEET_COLORS[cell.status])
+    if not cell.entries:
+        draw.text((left + pad, top + pad), "no job", fill=_SHEET_COLORS["muted"],
+                  font=fonts["small"])
+        return
+    for j, entry in enumerate(cell.entries):
+        y = top + pad + j * (tile + gap)
+        for i, item in enumerate(entry.tiles):
+            x = left + pad + i * (tile + gap)
+            if item.thumb and item.status == "ok":
+                with Image.open(run_dir / item.thumb) as thumb:
+                    thumb.thumbnail((tile, tile))
+                    block.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
+            else:
+                draw.rectangle([x, y, x + tile - 1, y + tile - 1], outline=_SHEET_COLORS["slot"],
+                               width=2)
+                label = {"not_returned": "not returned", "missing": "file missing",
+                         "unreadable": "unreadable"}.get(item.status, item.status)
+                draw.text((x + 8, y + 8), label, fill=_SHEET_COLORS["muted"], font=fonts["small"])
+        if not entry.tiles:
+            draw.text((left + pad, y), entry.status.upper(), fill=_SHEET_COLORS["text"],
+                      font=fonts["label"])
+            for n, line in enumerate(_wrap(draw, entry.reason or "", fonts["small"],
+                                           width - 2 * pad, 6)):
+                draw.text((left + pad, y + 22 + 16 * n), line, fill=_SHEET_COLORS["text"],
+                          font=fonts["small"])
+    caption = cell.entries[0].reason if cell.status != "ok" else cell.entries[0].name
+    caption = f"{cell.status}: {caption}" if cell.status != "ok" and cell.entries[0].tiles else caption
+    if cell.entries[0].tiles or cell.status == "ok":
+        draw.text((left + pad, top + height - 18),
+                  _fit(draw, caption or "", fonts["small"], width - 2 * pad),
+                  fill=_SHEET_COLORS["muted"], font=fonts["small"])
