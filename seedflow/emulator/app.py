@@ -69,7 +69,7 @@ class _DroppedConnection(Response):
         super().__init__()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _close_transport(send)
+        await _close_transport(scope)
 
 
 class _TruncatedPNG(Response):
@@ -87,16 +87,28 @@ class _TruncatedPNG(Response):
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         half = self._data[: len(self._data) // 2]
         await send({"type": "http.response.body", "body": half, "more_body": True})
-        await _close_transport(send)
+        await _close_transport(scope)
 
 
 class ConnectionDropped(RuntimeError):
     """Raised where the server gives no socket to close (an in-process ASGI transport)."""
 
 
-async def _close_transport(send: Send) -> None:
+_SERVER_SEND = "seedflow.emulator.server_send"
+
+
+class _EmulatorApp(Starlette):
+    """Starlette, remembering the server's own ``send`` (middleware wraps the one handlers see)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
+async def _close_transport(scope: Scope) -> None:
     # The ASGI spec has no "hang up" message. uvicorn's `send` is a method of the request cycle
     # that owns the socket's transport: closing it is exactly what a lost answer looks like.
+    send = scope.get(_SERVER_SEND)
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if transport is None:
         raise ConnectionDropped("emulator fault: connection dropped")
@@ -331,7 +343,7 @@ def create_app(config: EmulatorConfig | None = None, *, base_url: str | None = N
         Route("/v1/requests/{request_id}/cancel", cancel, methods=["POST"]),
         Route("/files/{request_id}/{index:int}.png", download, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = _EmulatorApp(routes=routes)
     app.state.emulator = state
     return app
 

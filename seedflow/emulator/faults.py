@@ -81,23 +81,20 @@ class Fault:
             raise ValueError(f"next must not be negative, not {self.next}")
 
     def fires(self, rng: random.Random) -> bool:
-        """Count one call and say whether the fault hits it."""
+        """Count one call and say whether the fault would hit it (``next`` is not used up)."""
         self._calls += 1
-        if self.next is not None:
-            if self.next <= 0:
-                return False
-            hit = self._base_hit(rng)
-            if hit:
-                self.next -= 1
-            return hit
-        return self._base_hit(rng)
-
-    def _base_hit(self, rng: random.Random) -> bool:
+        if self.next is not None and self.next <= 0:
+            return False
         if self.every is not None and self._calls % self.every != 0:
             return False
         if self.rate is not None and rng.random() >= self.rate:
             return False
         return True
+
+    def spend(self) -> None:
+        """Record that the fault hit a call (counts down ``next``)."""
+        if self.next is not None:
+            self.next -= 1
 
     def error_code(self) -> int:
         """The error_code an ``error200`` fault carries."""
@@ -134,12 +131,15 @@ class Faults:
     def pick(self, endpoint: str, rng: random.Random) -> Fault | None:
         """The first fault of ``endpoint`` that fires on this call, if any.
 
-        Every fault of the endpoint counts the call, so ``every`` stays exact.
+        Every fault of the endpoint counts the call, so ``every`` stays exact; only the chosen
+        one uses up one of its ``next`` calls.
         """
         chosen: Fault | None = None
         for fault in self.rules:
             if fault.endpoint == endpoint and fault.fires(rng) and chosen is None:
                 chosen = fault
+        if chosen is not None:
+            chosen.spend()
         return chosen
 
 

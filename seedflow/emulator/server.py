@@ -54,12 +54,24 @@ def _uvicorn_config(app: object, *, log_level: str = "warning") -> uvicorn.Confi
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on such sockets, and without it
+    # every answer (written in pieces) waits ~40 ms for the client's delayed ACK.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+def _url_host(host: str) -> str:
+    """The host as it goes in a URL (a wildcard address is reached via loopback)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 @contextlib.contextmanager
@@ -71,7 +83,7 @@ def serve(
     ``port=0`` picks a free port; the handle's ``base_url`` says which.
     """
     sock = _bind(host, port)
-    base_url = f"http://{host}:{sock.getsockname()[1]}"
+    base_url = f"http://{_url_host(host)}:{sock.getsockname()[1]}"
     app = create_app(config or EmulatorConfig(), base_url=base_url)
     server = uvicorn.Server(_uvicorn_config(app))
     thread = threading.Thread(
@@ -106,8 +118,7 @@ def run(
 ) -> None:
     """Run an emulator in the foreground until interrupted (what ``seedflow emulator`` does)."""
     sock = _bind(host, port)
-    shown_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    base_url = f"http://{shown_host}:{sock.getsockname()[1]}"
+    base_url = f"http://{_url_host(host)}:{sock.getsockname()[1]}"
     app = create_app(config, base_url=base_url)
     server = uvicorn.Server(_uvicorn_config(app))
     if on_start is not None:
