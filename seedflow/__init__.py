@@ -5,7 +5,13 @@ from __future__ import annotations
 from .errors import *  # noqa: F403
 from .errors import __all__ as _error_names
 from .models import ModelSpec, get_model, list_models
+from .pipeline import load_pipeline
+from .plan import Job, Plan, plan_file
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ModelSpec", "get_model", "list_models", *_error_names]
+__all__ = [
+    "__version__", "ModelSpec", "get_model", "list_models",
+    "Job", "Plan", "plan_file", "load_pipeline",
+    *_error_names,
+]

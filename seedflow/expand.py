@@ -1,0 +1,649 @@
+"""Expansion: matrix, include/exclude, seeds, ``--set`` overrides and Jinja2 rendering.
+
+Pure: no I/O, no clock, no unseeded randomness. Given a :class:`~seedflow.pipeline.Pipeline`,
+:class:`Expander` yields one :class:`RenderedJob` per job, in a deterministic order (groups in
+file order, then matrix combinations, then seeds), and collects every problem it meets.
+
+Speed matters for large sweeps, so each template is compiled once and split into its literal
+text and its ``{{ expressions }}``; each expression is evaluated once per distinct value of the
+variables it actually reads (``jinja2.meta.find_undeclared_variables``) and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import yaml
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
+from jinja2.environment import TemplateExpression
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import Problem
+from .pipeline import Group, Matrix, Pipeline, Seeds, YamlPath, did_you_mean
+
+__all__ = [
+    "Combination",
+    "Expander",
+    "RenderedJob",
+    "Template",
+    "apply_overrides",
+    "canonical_json",
+    "compile_template",
+    "derived_seed",
+    "expand_matrix",
+    "make_environment",
+    "parse_overrides",
+    "slug",
+]
+
+_CACHE_LIMIT = 8192  # distinct values per expression kept: bounded memory on any sweep size
+_SEED_LIMIT = 2**31 - 1
+
+
+# --- small pure helpers ------------------------------------------------------------------------
+
+
+def slug(value: Any) -> str:
+    """A file-name-safe form of ``value``: ``"2560:1440 (16:9)"`` -> ``"2560-1440-16-9"``."""
+    text = unicodedata.normalize("NFKD", str(value)).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def canonical_json(value: Any) -> str:
+    """Compact JSON with sorted keys: the same data always gives the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def derived_seed(base: str | int, group: str | None, values: Mapping[str, Any]) -> int:
+    """A seed derived from the pipeline (``base``), the group and the job's variables.
+
+    Deterministic, so a run can be repeated; it depends only on the job itself, so adding
+    another job to the sweep does not change the seeds of the others.
+    """
+    digest = hashlib.sha256(canonical_json([base, group, values]).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % _SEED_LIMIT
+
+
+def make_environment() -> SandboxedEnvironment:
+    """The sandboxed Jinja2 environment templates run in (undefined variables are errors)."""
+    env = SandboxedEnvironment(
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,  # a value keeps exactly the text YAML gave it
+        autoescape=False,
+    )
+    env.filters["slug"] = slug
+    return env
+
+
+# --- templates ---------------------------------------------------------------------------------
+
+
+class _Expression:
+    """One ``{{ expression }}``: evaluated to a native value, cached per distinct input."""
+
+    __slots__ = ("names", "_call", "_cache", "_cacheable")
+
+    def __init__(self, env: SandboxedEnvironment, node: nodes.Expr) -> None:
+        body = [nodes.Assign(nodes.Name("result", "store"), node, lineno=node.lineno)]
+        tree = nodes.Template(body, lineno=1)
+        tree.set_environment(env)
+        self.names = tuple(sorted(meta.find_undeclared_variables(tree)))
+        self._call = TemplateExpression(env.from_string(tree), undefined_to_none=False)
+        self._cache: dict[Any, Any] = {}
+        # `job` changes with every job: caching on it would only fill memory
+        self._cacheable = "job" not in self.names
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        if not self._cacheable:
+            return self._evaluate(context)
+        values = tuple([context[n] for n in self.names])
+        key = (values, tuple(map(type, values)))  # 1, 1.0 and True are equal keys in Python
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value (a list or mapping variable)
+            return self._evaluate(context)
+        result = self._evaluate(context)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = result
+        return result
+
+    def _evaluate(self, context: Mapping[str, Any]) -> Any:
+        result = self._call(context)
+        if isinstance(result, Undefined):
+            result._fail_with_undefined_error()
+        return result
+
+
+class _Whole:
+    """A template with control structures ({% if %}, {% for %}): rendered as a whole."""
+
+    __slots__ = ("names", "_render")
+
+    def __init__(self, env: SandboxedEnvironment, tree: nodes.Template, names: tuple[str, ...]) -> None:
+        self.names = names
+        self._render: Callable[..., str] = env.from_string(tree).render
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        return self._render(context)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled value template.
+
+    ``names`` are the variables it reads; ``single`` is True when the value is exactly one
+    ``{{ expression }}`` (its result keeps its type); ``bare_name`` is the variable when that
+    expression is a plain variable (so errors can point at where the variable's value is written).
+    """
+
+    source: str
+    path: YamlPath | None
+    names: frozenset[str]
+    parts: tuple[Any, ...]  # str (literal text) or an expression
+    single: bool
+    bare_name: str | None = None
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        """The template's value in ``context`` (raises Jinja2's errors)."""
+        if self.single:
+            return self.parts[0].evaluate(context)
+        out = []
+        for part in self.parts:
+            out.append(part if part.__class__ is str else str(part.evaluate(context)))
+        return "".join(out)
+
+
+def compile_template(env: SandboxedEnvironment, source: str, path: YamlPath | None = None) -> Template:
+    """Compile ``source`` once (raises ``TemplateSyntaxError`` with Jinja2's line number)."""
+    if "{" not in source:  # no Jinja2 syntax at all: the fast, common case of constant text
+        return Template(source, path, frozenset(), (source,), single=False)
+    tree = env.parse(source)
+    names = frozenset(meta.find_undeclared_variables(tree))
+    if not all(isinstance(n, nodes.Output) for n in tree.body):
+        return Template(source, path, names, (_Whole(env, tree, tuple(sorted(names))),), False)
+    parts: list[Any] = []
+    for output in tree.body:
+        for node in output.nodes:
+            if isinstance(node, nodes.TemplateData):
+                parts.append(node.data)
+            else:
+                parts.append(_Expression(env, node))
+    single = len(parts) == 1 and not isinstance(parts[0], str)
+    bare = None
+    if single:
+        only = tree.body[0].nodes[0]  # type: ignore[attr-defined]
+        bare = only.name if isinstance(only, nodes.Name) else None
+    if not parts:
+        parts = [""]
+    return Template(source, path, names, tuple(parts), single, bare)
+
+
+# --- the matrix --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Combination:
+    """One point of a sweep: variable values, and where each value is written in the YAML.
+
+    ``axis_values`` keeps each axis' own value (a mapping for a zipped axis) for exclude.
+    """
+
+    values: dict[str, Any]
+    origins: dict[str, YamlPath] = field(default_factory=dict)
+    axis_values: dict[str, Any] = field(default_factory=dict)
+
+
+def _same(a: Any, b: Any) -> bool:
+    # YAML `true` must not match `1`: compare like JSON does
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return bool(a == b)
+
+
+def _axis_choices(matrix: Matrix) -> list[list[tuple[str, Any, dict[str, Any], dict[str, YamlPath]]]]:
+    base = matrix.path or ("matrix",)
+    choices = []
+    for axis, values in matrix.axes.items():
+        options = []
+        for i, value in enumerate(values):
+            if isinstance(value, dict):  # a zipped axis: every key is a variable
+                origins = {k: (*base, axis, i, k) for k in value}
+                options.append((axis, value, dict(value), origins))
+            else:
+                options.append((axis, value, {axis: value}, {axis: (*base, axis, i)}))
+        choices.append(options)
+    return choices
+
+
+def _excluded(combo: Combination, rules: tuple[Mapping[str, Any], ...]) -> bool:
+    for rule in rules:
+        for key, wanted in rule.items():
+            own = combo.axis_values.get(key, _MISSING)
+            if isinstance(own, dict) and isinstance(wanted, dict):
+                if not all(k in own and _same(own[k], v) for k, v in wanted.items()):
+                    break
+            elif key in combo.values:
+                if not _same(combo.values[key], wanted):
+                    break
+            else:
+                break
+        else:
+            return True
+    return False
+
+
+_MISSING = object()
+
+
+def expand_matrix(matrix: Matrix) -> Iterator[Combination]:
+    """The combinations of a matrix, with GitHub Actions' ``include``/``exclude`` semantics.
+
+    The product of the axes (first axis outermost); ``exclude`` drops every combination matching
+    all keys of one of its entries; each ``include`` entry then extends every combination whose
+    original values it does not contradict (values added by earlier includes may be overwritten),
+    and becomes a new combination, after all the others, when it extends none.
+    """
+    base = matrix.path or ("matrix",)
+    include_origins = [
+        {k: (*base, "include", i, k) for k in entry} for i, entry in enumerate(matrix.include)
+    ]
+    if not matrix.axes:
+        for entry, origins in zip(matrix.include, include_origins):
+            yield Combination(dict(entry), dict(origins), {})
+        if not matrix.include:
+            yield Combination({}, {}, {})
+        return
+    used = [False] * len(matrix.include)
+    for picks in itertools.product(*_axis_choices(matrix)):
+        values: dict[str, Any] = {}
+        origins: dict[str, YamlPath] = {}
+        axis_values: dict[str, Any] = {}
+        for axis, raw, contributed, where in picks:
+            values.update(contributed)
+            origins.update(where)
+            axis_values[axis] = raw
+        combo = Combination(values, origins, axis_values)
+        if matrix.exclude and _excluded(combo, matrix.exclude):
+            continue
+        if matrix.include:
+            original = dict(values)
+            for i, entry in enumerate(matrix.include):
+                if all(_same(original[k], v) for k, v in entry.items() if k in original):
+                    for k, v in entry.items():
+                        if k not in original:
+                            values[k] = v
+                            origins[k] = include_origins[i][k]
+                    used[i] = True
+        yield combo
+    for i, entry in enumerate(matrix.include):
+        if not used[i]:
+            yield Combination(dict(entry), dict(include_origins[i]), {})
+
+
+def matrix_size_bound(matrix: Matrix) -> int:
+    """An upper bound of the number of combinations, computed without expanding."""
+    size = 1
+    for values in matrix.axes.values():
+        size *= len(values)
+    return (size if matrix.axes else 0) + len(matrix.include) + (0 if matrix.axes or matrix.include else 1)
+
+
+# --- overrides ---------------------------------------------------------------------------------
+
+
+def parse_overrides(items: Iterable[str]) -> tuple[dict[str, Any], list[Problem]]:
+    """``["mood=stormy", "size=[a, b]"]`` -> values (parsed as YAML: numbers, lists...)."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(Problem(f"--set {item!r} is not KEY=VALUE", field=key or None,
+                                    hint="e.g. --set mood=stormy or --set 'size=[a, b]'"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key] = raw if value is None else value
+    return out, problems
+
+
+def _override_group(group: Group, key: str, value: Any) -> Group | None:
+    """``group`` with ``key`` set to ``value``, or None when the group has no such setting."""
+    where: YamlPath = ("--set", key)
+    if key in group.matrix.axes:
+        values = tuple(value) if isinstance(value, list) else (value,)
+        # an include entry naming another value of this axis would bring it back: drop it
+        include = tuple(
+            e for e in group.matrix.include
+            if key not in e or any(_same(e[key], v) for v in values)
+        )
+        axes = {**group.matrix.axes, key: values}
+        return replace(group, matrix=replace(group.matrix, axes=axes, include=include))
+    if key in group.vars:
+        return replace(group, vars={**group.vars, key: value},
+                       origins={**group.origins, f"vars.{key}": where})
+    if key.startswith("input.") and len(key) > 6:
+        name = key[6:]
+        return replace(group, input={**group.input, name: value},
+                       origins={**group.origins, f"input.{name}": where})
+    if key == "seeds":
+        seeds = value if isinstance(value, list) else [value]
+        if all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            return replace(group, seeds=Seeds(tuple(seeds), group.seeds.base, where))
+        return None
+    if key == "seed_base":
+        return replace(group, seeds=replace(group.seeds, base=value))
+    return None
+
+
+def apply_overrides(pipeline: Pipeline, overrides: Mapping[str, Any]) -> tuple[Pipeline, list[Problem]]:
+    """The pipeline with ``--set`` values applied: to a matrix axis, a var, ``input.FIELD``,
+    ``seeds`` or ``seed_base``, in every group that has it. Unknown keys are problems."""
+    groups = list(pipeline.groups)
+    problems: list[Problem] = []
+    for key, value in overrides.items():
+        hit = False
+        for i, group in enumerate(groups):
+            changed = _override_group(group, key, value)
+            if changed is not None:
+                groups[i], hit = changed, True
+        if not hit:
+            known = sorted({*itertools.chain.from_iterable(
+                (*g.matrix.axes, *g.vars) for g in groups)} | {"seeds", "seed_base"})
+            hint = did_you_mean(key, known) or (
+                f"--set works on matrix axes, vars, input.FIELD, seeds and seed_base; "
+                f"this pipeline has: {', '.join(known)}"
+            )
+            problems.append(Problem(f"--set {key}: nothing named '{key}' in the pipeline",
+                                    file=pipeline.path, field=key, hint=hint))
+    return replace(pipeline, groups=tuple(groups)), problems
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedJob:
+    """A job with its templates rendered, before model validation (see :mod:`seedflow.plan`)."""
+
+    index: int
+    group: Group
+    name: str
+    variables: dict[str, Any]
+    input: dict[str, Any]
+    seed: int
+    origins: Mapping[str, YamlPath]  # variable -> where its value is written
+
+
+@dataclass
+class _JobInfo:
+    """What templates see as ``job``."""
+
+    index: int
+    group: str | None
+
+
+@dataclass
+class _CompiledGroup:
+    group: Group
+    fields: dict[str, Any]  # input field -> Template | nested structure | constant
+    name: Template | None
+    broken: bool = False  # a template of this group does not compile: render nothing
+
+
+class Expander:
+    """Expands a pipeline into rendered jobs; problems are collected in :attr:`problems`."""
+
+    def __init__(self, pipeline: Pipeline, *, env: SandboxedEnvironment | None = None) -> None:
+        self.pipeline = pipeline
+        self.env = env or make_environment()
+        self.problems: list[Problem] = []
+        self.groups = [self._compile_group(g) for g in pipeline.groups]
+        self._reported: set[tuple[Any, ...]] = set()
+
+    # compile ------------------------------------------------------------------------------
+
+    def _compile_group(self, group: Group) -> _CompiledGroup:
+        compiled = _CompiledGroup(group, {}, None)
+        for name, value in group.input.items():
+            path = group.origins.get(f"input.{name}")
+            compiled.fields[name] = self._compile_value(compiled, value, path, f"input.{name}")
+        if group.job_name is not None:
+            compiled.name = self._compile(compiled, group.job_name, group.origins.get("job_name"), "job_name")
+        return compiled
+
+    def _compile_value(self, compiled: _CompiledGroup, value: Any, path: YamlPath | None, field_: str) -> Any:
+        if isinstance(value, str):
+            return self._compile(compiled, value, path, field_)
+        if isinstance(value, dict):
+            return {k: self._compile_value(compiled, v, _sub(path, k), f"{field_}.{k}") for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._compile_value(compiled, v, _sub(path, i), f"{field_}[{i}]") for i, v in enumerate(value)]
+        return _Constant(value)
+
+    def _compile(self, compiled: _CompiledGroup, source: str, path: YamlPath | None, field_: str) -> Template | None:
+        try:
+            return compile_template(self.env, source, path)
+        except TemplateSyntaxError as exc:
+            compiled.broken = True
+            line = self.pipeline.positions.line(path)
+            if line is not None and exc.lineno:
+                line += exc.lineno - 1
+            self.problems.append(Problem(
+                f"template syntax error: {exc.message}",
+                file=self.pipeline.path, line=line, job=_group_label(compiled.group),
+                field=field_, hint=self._syntax_hint(exc, source),
+            ))
+            return None
+
+    def _syntax_hint(self, exc: TemplateSyntaxError, source: str) -> str:
+        message = exc.message or ""
+        match = re.search(r"No filter named '([^']+)'", message)
+        if match:
+            return did_you_mean(match.group(1), self.env.filters) or "see the filters in docs/pipeline-format.md"
+        if source.count("{{") != source.count("}}"):
+            return "every '{{' needs a matching '}}'"
+        return "check the Jinja2 syntax: {{ variable }}, {{ value | filter }}, {% if ... %}...{% endif %}"
+
+    # expand -------------------------------------------------------------------------------
+
+    def combinations(self, compiled: _CompiledGroup) -> Iterator[Combination]:
+        """The group's matrix combinations."""
+        return expand_matrix(compiled.group.matrix)
+
+    def count_bound(self) -> int:
+        """An upper bound of the number of jobs, without expanding anything."""
+        total = 0
+        for compiled in self.groups:
+            seeds = compiled.group.seeds.values
+            total += matrix_size_bound(compiled.group.matrix) * (len(seeds) if seeds else 1)
+        return total
+
+    def count(self) -> int:
+        """The exact number of jobs (expands the matrices, renders nothing)."""
+        total = 0
+        for compiled in self.groups:
+            seeds = compiled.group.seeds.values
+            total += sum(1 for _ in self.combinations(compiled)) * (len(seeds) if seeds else 1)
+        return total
+
+    def jobs(self) -> Iterator[RenderedJob]:
+        """Every job, rendered, in plan order. Jobs that cannot be rendered are skipped and
+        their problems collected (so one bad value does not hide the others)."""
+        index = 0
+        seen_names: set[str] = set()
+        pipeline_base = self.pipeline.name
+        for compiled in self.groups:
+            if compiled.broken:
+                continue
+            group = compiled.group
+            checked_keysets: dict[frozenset[str], bool] = {}
+            base = group.seeds.base if group.seeds.base is not None else pipeline_base
+            for combo in self.combinations(compiled):
+                keyset = frozenset(combo.values)
+                ok = checked_keysets.get(keyset)
+                if ok is None:
+                    ok = checked_keysets[keyset] = self._check_names(compiled, combo)
+                if not ok:
+                    continue
+                variables = {**group.vars, **combo.values}
+                seeds = group.seeds.values or (derived_seed(base, group.name, variables),)
+                origins = _variable_origins(group, combo)
+                for seed in seeds:
+                    job_vars = {**variables, "seed": seed}
+                    context = {**job_vars, "job": _JobInfo(index, group.name)}
+                    rendered = self._render_job(compiled, context, job_vars, origins)
+                    if rendered is None:
+                        continue
+                    input_, name = rendered
+                    name = _unique(name, seen_names)
+                    yield RenderedJob(index, group, name, job_vars, input_, seed, origins)
+                    index += 1
+
+    def _check_names(self, compiled: _CompiledGroup, combo: Combination) -> bool:
+        """Report variables that templates use but this combination does not define."""
+        group = compiled.group
+        available = {*group.vars, *combo.values, "seed", "job", *self.env.globals}
+        ok = True
+        for field_, template in _templates(compiled):
+            for missing in sorted(template.names - available):
+                ok = False
+                key = ("undefined", group.name, field_, missing)
+                if key in self._reported:
+                    continue
+                self._reported.add(key)
+                known = sorted(available - set(self.env.globals) - {"job"})
+                hint = did_you_mean(missing, known) or (
+                    f"define '{missing}' under `vars:` or as a matrix axis (known: {', '.join(known)})"
+                )
+                self.problems.append(Problem(
+                    f"undefined variable '{missing}' in template {template.source!r}",
+                    file=self.pipeline.path, line=self.pipeline.positions.line(template.path),
+                    job=_group_label(group), variables=dict(combo.values) or None,
+                    field=field_, hint=hint,
+                ))
+        return ok
+
+    def _render_job(
+        self,
+        compiled: _CompiledGroup,
+        context: dict[str, Any],
+        variables: dict[str, Any],
+        origins: Mapping[str, YamlPath],
+    ) -> tuple[dict[str, Any], str] | None:
+        field_ = "job_name"
+        try:
+            if compiled.name is not None:
+                name = str(compiled.name.render(context))
+            else:
+                name = _default_name(compiled.group, variables)
+            input_: dict[str, Any] = {}
+            for field_, value in compiled.fields.items():
+                input_[field_] = value.render(context) if value.__class__ is Template else _render(value, context)
+            return input_, name
+        except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+            self._report_render_error(compiled, field_, exc, variables)
+            return None
+
+    def _report_render_error(
+        self, compiled: _CompiledGroup, field_: str, exc: Exception, variables: dict[str, Any]
+    ) -> None:
+        group = compiled.group
+        key = ("render", group.name, field_, type(exc).__name__, str(exc))
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        path = group.origins.get("job_name" if field_ == "job_name" else f"input.{field_}")
+        message = getattr(exc, "message", None) or str(exc)
+        self.problems.append(Problem(
+            f"template error: {message}",
+            file=self.pipeline.path, line=self.pipeline.positions.line(path),
+            job=_group_label(group), variables=variables, field=field_ if field_ == "job_name" else f"input.{field_}",
+            hint="check the variable names and filters of this template",
+        ))
+
+
+class _Constant:
+    """A non-string input value: used as is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _render(value: Any, context: Mapping[str, Any]) -> Any:
+    if value is None:
+        raise ValueError("the template did not compile")
+    if isinstance(value, Template):
+        return value.render(context)
+    if isinstance(value, _Constant):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _render(v, context) for k, v in value.items()}
+    return [_render(v, context) for v in value]
+
+
+def _templates(compiled: _CompiledGroup) -> Iterator[tuple[str, Template]]:
+    def walk(value: Any, name: str) -> Iterator[tuple[str, Template]]:
+        if isinstance(value, Template):
+            yield name, value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from walk(v, f"{name}.{k}")
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from walk(v, f"{name}[{i}]")
+
+    for name, value in compiled.fields.items():
+        yield from walk(value, f"input.{name}")
+    if compiled.name is not None:
+        yield "job_name", compiled.name
+
+
+def _variable_origins(group: Group, combo: Combination) -> dict[str, YamlPath]:
+    origins = {k: group.origins[f"vars.{k}"] for k in group.vars if f"vars.{k}" in group.origins}
+    origins.update(combo.origins)
+    if group.seeds.path is not None:
+        origins["seed"] = group.seeds.path
+    return origins
+
+
+def _default_name(group: Group, variables: Mapping[str, Any]) -> str:
+    parts = [group.name] if group.name else []
+    parts += [slug(v) for k, v in variables.items() if k != "seed" and k not in group.vars
+              and not isinstance(v, (dict, list))]
+    parts.append(f"s{variables['seed']}")
+    return "-".join(p for p in parts if p)
+
+
+def _unique(name: str, seen: set[str]) -> str:
+    if name not in seen:
+        seen.add(name)
+        return name
+    n = 2
+    while f"{name}-{n}" in seen:
+        n += 1
+    unique = f"{name}-{n}"
+    seen.add(unique)
+    return unique
+
+
+def _sub(path: YamlPath | None, key: Any) -> YamlPath | None:
+    return None if path is None else (*path, key)
+
+
+def _group_label(group: Group) -> str | None:
+    return f"jobs.{group.name}" if group.name else None

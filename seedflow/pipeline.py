@@ -1,0 +1,539 @@
+"""Reading pipelines: YAML with line numbers, checked against ``schemas/pipeline.schema.json``.
+
+This module turns the text of a recipe into plain data classes and reports every structural
+problem at once (with its line). It renders no template: that is :mod:`seedflow.expand`'s job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import jsonschema
+import yaml
+
+from .errors import PipelineError, Problem
+
+__all__ = [
+    "Group",
+    "Matrix",
+    "Pipeline",
+    "Positions",
+    "Seeds",
+    "YamlPath",
+    "load_pipeline",
+    "parse_pipeline",
+    "pipeline_schema",
+    "did_you_mean",
+    "SCHEMA_COMMENT",
+]
+
+#: A position inside the YAML document: mapping keys and sequence indexes from the root.
+YamlPath = tuple[Any, ...]
+
+#: The comment that points editors (yaml-language-server) at the pipeline schema.
+SCHEMA_COMMENT = (
+    "# yaml-language-server: $schema=https://raw.githubusercontent.com/seedflow/seedflow/main/"
+    "seedflow/schemas/pipeline.schema.json"
+)
+
+_GROUP_FIELDS = ("description", "model", "vars", "input", "matrix", "seeds", "seed_base", "job_name")
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Where each value (and each mapping key) of a YAML document starts: 1-based lines."""
+
+    values: Mapping[YamlPath, tuple[int, int]] = field(default_factory=dict)
+    keys: Mapping[YamlPath, tuple[int, int]] = field(default_factory=dict)
+
+    def line(self, path: YamlPath | None) -> int | None:
+        """The line of the value at ``path``, or of its nearest enclosing value that is known."""
+        return self._lookup(self.values, path, 0)
+
+    def column(self, path: YamlPath | None) -> int | None:
+        """The column of the value at ``path`` (same fallback as :meth:`line`)."""
+        return self._lookup(self.values, path, 1)
+
+    def key_line(self, path: YamlPath) -> int | None:
+        """The line of the key that names ``path`` (falls back to the value's line)."""
+        if path in self.keys:
+            return self.keys[path][0]
+        return self.line(path)
+
+    @staticmethod
+    def _lookup(table: Mapping[YamlPath, tuple[int, int]], path: YamlPath | None, i: int) -> int | None:
+        if path is None:
+            return None
+        while True:
+            found = table.get(path)
+            if found is not None:
+                return found[i]
+            if not path:
+                return None
+            path = path[:-1]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A sweep: axes (name -> values), plus GitHub Actions-style include and exclude entries."""
+
+    axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    include: tuple[Mapping[str, Any], ...] = ()
+    exclude: tuple[Mapping[str, Any], ...] = ()
+    path: YamlPath | None = None  # where the matrix is written (None: no matrix)
+
+    @property
+    def empty(self) -> bool:
+        return not self.axes and not self.include
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """The seeds of a group: explicit ``values``, or ``None`` to derive one per job from ``base``."""
+
+    values: tuple[int, ...] | None = None
+    base: str | int | None = None
+    path: YamlPath | None = None
+
+
+@dataclass(frozen=True)
+class Group:
+    """One independent group of jobs, with the top level already inherited.
+
+    ``origins`` says where each setting was written (``"input.text"``, ``"vars.place"``,
+    ``"model"``, ``"job_name"``, ...) so errors can point at the right line.
+    """
+
+    name: str | None
+    model: str | None
+    vars: Mapping[str, Any]
+    input: Mapping[str, Any]
+    matrix: Matrix
+    seeds: Seeds
+    job_name: str | None
+    description: str | None = None
+    origins: Mapping[str, YamlPath] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A parsed, structurally valid pipeline (templates not rendered yet)."""
+
+    path: str | None
+    text: str
+    sha256: str
+    name: str
+    version: int
+    groups: tuple[Group, ...]
+    positions: Positions
+    description: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def problem(self, message: str, path: YamlPath | None = None, **kw: Any) -> Problem:
+        """A :class:`Problem` located at ``path`` in this pipeline's file."""
+        return Problem(
+            message,
+            file=self.path,
+            line=self.positions.line(path),
+            column=self.positions.column(path),
+            **kw,
+        )
+
+
+# --- YAML with positions -----------------------------------------------------------------------
+
+
+class _MarkedLoader(yaml.SafeLoader):
+    """A safe loader that records where every value starts and reports duplicate keys.
+
+    PyYAML silently keeps the last of two equal keys; a recipe with a repeated key almost always
+    has a mistake in it, so seedflow reports it (every occurrence, not only the first).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.values: dict[YamlPath, tuple[int, int]] = {}
+        self.keys: dict[YamlPath, tuple[int, int]] = {}
+        self.duplicates: list[tuple[YamlPath, int, int, int]] = []  # path, line, column, first line
+
+    def load_with_positions(self) -> Any:
+        """Compose the single document and build plain Python data from it."""
+        node = self.get_single_node()
+        if node is None:
+            return None
+        return self._build(node, ())
+
+    def _build(self, node: yaml.Node, path: YamlPath) -> Any:
+        self.values[path] = _start(node)
+        if isinstance(node, yaml.MappingNode):
+            self.flatten_mapping(node)  # merge keys (<<) as PyYAML's safe loader does
+            result: dict[Any, Any] = {}
+            first_seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (list, dict)):
+                    key = str(key)
+                child = (*path, key)
+                line, column = _start(key_node)
+                if key in first_seen:
+                    self.duplicates.append((child, line, column, first_seen[key]))
+                    continue  # keep the first: the duplicate is reported
+                first_seen[key] = line
+                self.keys[child] = (line, column)
+                result[key] = self._build(value_node, child)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.construct_object(node, deep=True)
+
+
+def _start(node: yaml.Node) -> tuple[int, int]:
+    """1-based line and column where a node's content starts (block scalars: the next line)."""
+    mark = node.start_mark
+    line = mark.line + 1
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">"):
+        return line + 1, 1
+    return line, mark.column + 1
+
+
+def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Problem]]:
+    loader = _MarkedLoader(text)
+    try:
+        data = loader.load_with_positions()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        hint = "check indentation, quotes and colons near this line"
+        if "\t" in text and "tab" in message:
+            hint = "YAML does not allow tabs for indentation: use spaces"
+        problem = Problem(
+            f"malformed YAML: {message}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+            hint=hint,
+        )
+        return None, Positions(), [problem]
+    except yaml.YAMLError as exc:
+        return None, Positions(), [Problem(f"malformed YAML: {exc}", file=file)]
+    finally:
+        loader.dispose()
+    positions = Positions(loader.values, loader.keys)
+    problems = [
+        Problem(
+            f"duplicate key '{path[-1]}' (first defined on line {first})",
+            file=file,
+            line=line,
+            column=column,
+            field=_dotted(path),
+            hint="YAML keeps only one value per key: remove or rename one of them",
+        )
+        for path, line, column, first in loader.duplicates
+    ]
+    return data, positions, problems
+
+
+# --- schema ------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=None)
+def pipeline_schema() -> Mapping[str, Any]:
+    """The JSON Schema of the pipeline format (also used by editors)."""
+    text = resources.files("seedflow").joinpath("schemas", "pipeline.schema.json").read_text("utf-8")
+    schema: Mapping[str, Any] = json.loads(text)
+    return schema
+
+
+@lru_cache(maxsize=None)
+def _schema_validator() -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(pipeline_schema())
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """``"did you mean 'x'?"`` for the closest of ``choices``, or None if none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _dotted(path: YamlPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_problems(data: Any, positions: Positions, file: str | None) -> list[Problem]:
+    """Every structural problem, as a person would want to read it (sorted by line)."""
+    problems: list[Problem] = []
+    for error in _schema_validator().iter_errors(data):
+        problems.extend(_explain(error, positions, file))
+    problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.message))
+    return _dedupe(problems)
+
+
+def _explain(error: jsonschema.ValidationError, positions: Positions, file: str | None) -> list[Problem]:
+    path: YamlPath = tuple(error.absolute_path)
+    where = _dotted(path) or None
+
+    def at(message: str, p: YamlPath = path, hint: str | None = None, key: bool = False) -> Problem:
+        line = positions.key_line(p) if key else positions.line(p)
+        return Problem(message, file=file, line=line, field=_dotted(p) or None, hint=hint)
+
+    validator = error.validator
+    if validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        extras = [k for k in error.instance if k not in known]
+        return [at(f"unknown key '{k}'", (*path, k), _unknown_hint(k, known), key=True) for k in extras]
+    if validator == "propertyNames":
+        return _explain_names(error, path, positions, file)
+    if validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return [at(f"missing key '{missing}'", hint=_required_hint(missing))]
+    if validator == "minItems" and len(path) >= 2 and "matrix" in path:
+        return [at(f"axis '{path[-1]}' is empty", hint="give the axis at least one value, or remove it")]
+    if validator == "const" and path == ("version",):
+        return [at(f"unsupported version {error.instance!r}", hint="this seedflow reads `version: 1`")]
+    if validator == "oneOf" and path and path[-1] == "seeds":
+        return [at("seeds must be a list of integers or a mapping {start, count[, step]}",
+                   hint="e.g. `seeds: [1, 2, 3]` or `seeds: {start: 100, count: 4}`")]
+    if validator == "type":
+        expected = error.validator_value
+        shown = " or ".join(expected) if isinstance(expected, list) else expected
+        got = type(error.instance).__name__ if error.instance is not None else "nothing"
+        return [at(f"'{where or 'pipeline'}' must be {_article(shown)}, not {got}")]
+    if validator == "pattern" and path and path[-1] == "name":
+        return [at(f"invalid pipeline name {error.instance!r}",
+                   hint="use letters, digits, '.', '_' and '-' (it names the run folder)")]
+    return [at(error.message)]
+
+
+def _explain_names(
+    error: jsonschema.ValidationError, path: YamlPath, positions: Positions, file: str | None
+) -> list[Problem]:
+    problems = []
+    for sub in error.context or []:
+        bad = sub.instance
+        problems.append(
+            Problem(
+                f"invalid name {bad!r}: names of variables and axes are identifiers "
+                "(letters, digits and '_', not starting with a digit)",
+                file=file,
+                line=positions.key_line((*path, bad)),
+                field=_dotted((*path, bad)),
+                hint=None,
+            )
+        )
+    return problems or [Problem(error.message, file=file, line=positions.line(path))]
+
+
+def _article(noun: str) -> str:
+    nouns = {"object": "a mapping", "array": "a list", "integer": "an integer", "string": "a string"}
+    return nouns.get(noun, f"a {noun}")
+
+
+def _unknown_hint(key: str, known: Sequence[str]) -> str:
+    suggestion = did_you_mean(key, known)
+    if suggestion:
+        return suggestion
+    if key in {"text", "prompt", "image_size", "seed"}:
+        return f"model inputs go under `input:` (input.{key})"
+    return f"known keys: {', '.join(known)}"
+
+
+def _required_hint(key: str) -> str:
+    examples = {"version": "add `version: 1` at the top", "name": "add `name: my-pipeline`"}
+    return examples.get(key, f"add `{key}:`")
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for p in problems:
+        key = (p.line, p.field, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+# --- building the data classes -----------------------------------------------------------------
+
+
+def _matrix(data: Any, path: YamlPath) -> Matrix:
+    if not isinstance(data, dict):
+        return Matrix()
+    axes = {k: tuple(v) for k, v in data.items() if k not in ("include", "exclude")}
+    return Matrix(
+        axes=axes,
+        include=tuple(data.get("include") or ()),
+        exclude=tuple(data.get("exclude") or ()),
+        path=path,
+    )
+
+
+def _seeds(data: Any, base: Any, path: YamlPath | None) -> Seeds:
+    if isinstance(data, list):
+        return Seeds(values=tuple(data), base=base, path=path)
+    if isinstance(data, dict):
+        start, count, step = data["start"], data["count"], data.get("step", 1)
+        return Seeds(values=tuple(range(start, start + count * step, step)), base=base, path=path)
+    return Seeds(values=None, base=base, path=path)
+
+
+def _group(name: str | None, top: Mapping[str, Any], own: Mapping[str, Any]) -> Group:
+    """A group with the top level inherited: vars/input merged per key, the rest replaced."""
+    prefix: YamlPath = ("jobs", name) if name is not None else ()
+    origins: dict[str, YamlPath] = {}
+
+    def merged(key: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for source, base in ((top, ()), (own, prefix)):
+            for k, v in (source.get(key) or {}).items():
+                out[k] = v
+                origins[f"{key}.{k}"] = (*base, key, k)
+        return out
+
+    def pick(key: str) -> Any:
+        if name is not None and key in own:
+            origins[key] = (*prefix, key)
+            return own[key]
+        if key in top:
+            origins[key] = (key,)
+            return top[key]
+        return None
+
+    vars_, input_ = merged("vars"), merged("input")
+    matrix_data, seeds_data, seed_base = pick("matrix"), pick("seeds"), pick("seed_base")
+    return Group(
+        name=name,
+        model=pick("model"),
+        vars=vars_,
+        input=input_,
+        matrix=_matrix(matrix_data, origins.get("matrix", ("matrix",))),
+        seeds=_seeds(seeds_data, seed_base, origins.get("seeds")),
+        job_name=pick("job_name"),
+        description=own.get("description") if name is not None else top.get("description"),
+        origins=origins,
+    )
+
+
+def _semantic_problems(data: Mapping[str, Any], positions: Positions, file: str | None) -> list[Problem]:
+    """Checks the schema cannot express: a model for every group, include/exclude keys."""
+    problems: list[Problem] = []
+    groups = data.get("jobs") or {}
+    if "model" not in data and (not groups or any("model" not in g for g in groups.values())):
+        missing = [f"jobs.{n}" for n, g in groups.items() if "model" not in g] or ["pipeline"]
+        problems.append(Problem(
+            f"no model given for {', '.join(missing)}",
+            file=file, line=positions.line(("jobs",) if groups else ()), field="model",
+            hint="add `model: bytedance/seedream-4-0/sequential` at the top (or in each group)",
+        ))
+    for prefix, own in [((), data), *((("jobs", n), g) for n, g in groups.items())]:
+        matrix = own.get("matrix")
+        if not isinstance(matrix, dict):
+            continue
+        axes = [k for k in matrix if k not in ("include", "exclude")]
+        for i, entry in enumerate(matrix.get("exclude") or []):
+            for key in entry:
+                if key not in axes and not _names_a_zipped_key(matrix, key):
+                    hint = did_you_mean(key, axes) or f"axes: {', '.join(axes) or '(none)'}"
+                    path = (*prefix, "matrix", "exclude", i, key)
+                    problems.append(Problem(
+                        f"exclude names '{key}', which is not an axis of the matrix",
+                        file=file, line=positions.key_line(path), field=_dotted(path), hint=hint,
+                    ))
+    return problems
+
+
+def _names_a_zipped_key(matrix: Mapping[str, Any], key: str) -> bool:
+    for name, values in matrix.items():
+        if name in ("include", "exclude") or not isinstance(values, list):
+            continue
+        if any(isinstance(v, dict) and key in v for v in values):
+            return True
+    return False
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+def parse_pipeline(text: str, path: str | None = None) -> Pipeline:
+    """Parse a pipeline from its text; raise :class:`PipelineError` with every problem found."""
+    data, positions, problems = _parse_yaml(text, path)
+    if data is None and not problems:
+        problems.append(Problem("the pipeline is empty", file=path, line=1,
+                                hint="start from `seedflow init NAME`"))
+    if data is None:
+        raise PipelineError(problems, file=path)
+    if not isinstance(data, dict):
+        raise PipelineError([*problems, Problem(
+            f"a pipeline is a mapping of keys (version, name, model, input, ...), not a "
+            f"{type(data).__name__}", file=path, line=1, hint="start from `seedflow init NAME`",
+        )], file=path)
+    # duplicate keys do not stop the check: every problem of the file is reported at once
+    structural = _schema_problems(data, positions, path)
+    structural += _semantic_problems(data, positions, path) if not structural else []
+    problems = sorted(problems + structural, key=lambda p: (p.line or 0, p.column or 0))
+    if problems:
+        raise PipelineError(problems, file=path)
+    groups = data.get("jobs")
+    built = (
+        tuple(_group(name, data, own) for name, own in groups.items())
+        if groups
+        else (_group(None, data, data),)
+    )
+    return Pipeline(
+        path=path,
+        text=text,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        name=data["name"],
+        version=data["version"],
+        groups=built,
+        positions=positions,
+        description=data.get("description"),
+        data=data,
+    )
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A pipeline file's text; a file that is not UTF-8 is an error that names the line."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise PipelineError([Problem("no such file", file=file,
+                                     hint="check the path (recipes live in pipelines/)")],
+                            file=file) from None
+    except OSError as exc:
+        raise PipelineError([Problem(f"cannot read the file: {exc.strerror}", file=file)],
+                            file=file) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise PipelineError([Problem(
+            f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            file=file, line=line, column=column,
+            hint="save the file as UTF-8 (most editors: 'Save with encoding')",
+        )], file=file) from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte order mark is harmless
+
+
+def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
+    """Read and parse a pipeline file (see :func:`parse_pipeline`)."""
+    return parse_pipeline(read_text(path), str(path))
+
+
+__all__ += ["read_text"]

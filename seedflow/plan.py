@@ -1,0 +1,733 @@
+"""Planning: a pipeline becomes concrete, schema-checked jobs before anything is sent or paid for.
+
+:func:`plan_file` is the entry point; :func:`iter_jobs` streams the same jobs without keeping
+them (``seedflow plan --format jsonl`` on huge sweeps). Every problem of a pipeline is collected
+and raised together as one :class:`~seedflow.errors.PipelineError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jsonschema
+
+from .errors import LimitExceeded, LockMismatch, PipelineError, Problem, UnknownModelError
+from .expand import Expander, RenderedJob, apply_overrides, canonical_json, parse_overrides
+from .models import ModelSpec, get_model, stated_image_count
+from .pipeline import Group, Pipeline, YamlPath, did_you_mean, load_pipeline
+
+__all__ = [
+    "DEFAULT_MAX_JOBS",
+    "Job",
+    "Plan",
+    "Planner",
+    "check_limits",
+    "check_lock",
+    "iter_jobs",
+    "job_id",
+    "lock_path",
+    "plan_file",
+    "plan_pipeline",
+    "write_lock",
+]
+
+#: A sweep larger than this needs ``--max-jobs``: a typo in a matrix should not plan 10^6 jobs.
+DEFAULT_MAX_JOBS = 1000
+
+_ANNOTATIONS = frozenset(
+    {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
+)
+_MAX_REPORTED_JOBS = 1  # each distinct problem names its first job and counts the others
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One planned job: the exact body to send, and where it came from."""
+
+    id: str
+    name: str
+    index: int
+    group: str | None
+    model: str
+    variables: Mapping[str, Any]
+    input: Mapping[str, Any]
+    seed: int
+    images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The job as plain JSON-able data."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "index": self.index,
+            "group": self.group,
+            "model": self.model,
+            "variables": dict(self.variables),
+            "input": dict(self.input),
+            "seed": self.seed,
+            "images": self.images,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every job of a pipeline, in order, with warnings and sweep axes."""
+
+    pipeline_path: str | None
+    pipeline_name: str
+    pipeline_text: str
+    pipeline_sha256: str
+    jobs: tuple[Job, ...]
+    warnings: tuple[Problem, ...] = ()
+    axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_images(self) -> int:
+        return sum(j.images for j in self.jobs)
+
+    @property
+    def estimated_cost(self) -> float:
+        """Estimated price of every requested image (an estimate: see the model's price_note)."""
+        return _cost(self.jobs)
+
+    @property
+    def currency(self) -> str:
+        return _currency(self.jobs)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(j.model for j in self.jobs))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as plain JSON-able data (``seedflow plan --format json``)."""
+        return {
+            "pipeline": {"path": self.pipeline_path, "name": self.pipeline_name,
+                         "sha256": self.pipeline_sha256},
+            "overrides": dict(self.overrides),
+            "totals": {"jobs": len(self.jobs), "images": self.total_images,
+                       "estimated_cost": self.estimated_cost, "currency": self.currency},
+            "axes": {k: list(v) for k, v in self.axes.items()},
+            "warnings": [w.to_dict() for w in self.warnings],
+            "jobs": [j.to_dict() for j in self.jobs],
+        }
+
+
+def _cost(jobs: Sequence[Job]) -> float:
+    total = 0.0
+    for model, images in _images_by_model(jobs).items():
+        total += get_model(model).estimate_cost(images)
+    return round(total, 6)
+
+
+def _currency(jobs: Sequence[Job]) -> str:
+    models = _images_by_model(jobs)
+    return get_model(next(iter(models))).currency if models else "USD"
+
+
+def _images_by_model(jobs: Sequence[Job]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for j in jobs:
+        out[j.model] = out.get(j.model, 0) + j.images
+    return out
+
+
+def job_id(model: str, input: Mapping[str, Any]) -> str:
+    """The stable id of a job: the same model and input give the same id anywhere."""
+    text = canonical_json({"input": input, "model": model})
+    return "j" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# --- checking inputs against the model ---------------------------------------------------------
+
+
+def _compile_predicate(schema: Mapping[str, Any]) -> Callable[[Any], bool] | None:
+    """A fast check for the common subschema keywords, or None when jsonschema must decide."""
+    keys = set(schema) - _ANNOTATIONS
+    if not keys <= {"type", "enum", "maxLength", "minLength", "minimum", "maximum"}:
+        return None
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        return None
+    type_ok: Callable[[Any], bool] = {
+        "string": lambda v: isinstance(v, str),
+        "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+        or (isinstance(v, float) and v.is_integer()),
+        "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "boolean": lambda v: isinstance(v, bool),
+        "null": lambda v: v is None,
+        "array": lambda v: isinstance(v, list),
+        "object": lambda v: isinstance(v, dict),
+        None: lambda v: True,
+    }.get(kind)  # type: ignore[arg-type]
+    if type_ok is None:
+        return None
+    enum = schema.get("enum")
+    if enum is not None and not all(isinstance(e, (str, int, float)) for e in enum):
+        return None
+    allowed = {(type(e) is bool, e) for e in enum} if enum is not None else None
+    max_len, min_len = schema.get("maxLength"), schema.get("minLength")
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+
+    def check(value: Any) -> bool:
+        if not type_ok(value):
+            return False
+        if allowed is not None:
+            try:
+                if (type(value) is bool, value) not in allowed:
+                    return False
+            except TypeError:
+                return False
+        if isinstance(value, str):
+            if max_len is not None and len(value) > max_len:
+                return False
+            if min_len is not None and len(value) < min_len:
+                return False
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            if lo is not None and value < lo:
+                return False
+            if hi is not None and value > hi:
+                return False
+        return True
+
+    return check
+
+
+class _InputChecker:
+    """Checks job inputs against a model's input schema, fast for the common case.
+
+    Each field is checked with a compiled predicate of its property subschema; only when that
+    fails (or the schema is not simple) does jsonschema validate the whole input, so the
+    messages stay jsonschema's detailed ones.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.validator = spec.validator()
+        schema = spec.input_schema
+        simple_top = set(schema) - _ANNOTATIONS <= {"type", "properties", "required", "additionalProperties"}
+        self.predicates: dict[str, Callable[[Any], bool]] | None = {}
+        for name, sub in spec.properties.items():
+            predicate = _compile_predicate(sub) if isinstance(sub, dict) else None
+            if predicate is None or not simple_top:
+                self.predicates = None
+                break
+            self.predicates[name] = predicate
+
+    def errors(self, input: Mapping[str, Any]) -> list[jsonschema.ValidationError]:
+        """Every schema error of ``input`` (empty when valid)."""
+        predicates = self.predicates
+        if predicates is not None:
+            for name, value in input.items():
+                predicate = predicates.get(name)
+                if predicate is not None and not predicate(value):
+                    break
+            else:
+                return []  # required keys and unknown fields are checked once per group
+        return list(self.validator.iter_errors(input))
+
+
+# --- the planner -------------------------------------------------------------------------------
+
+
+class _Problems:
+    """Collects problems; the same problem met in many jobs is reported once, with a count."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[Any, ...], list[Any]] = {}
+
+    def add(self, key: tuple[Any, ...], make: Callable[[], Problem]) -> None:
+        entry = self._items.get(key)
+        if entry is None:
+            self._items[key] = [make(), 1]
+        else:
+            entry[1] += 1
+
+    def extend(self, problems: Sequence[Problem]) -> None:
+        for p in problems:
+            self.add(("plain", len(self._items)), lambda p=p: p)
+
+    def all(self) -> list[Problem]:
+        out = []
+        for problem, count in self._items.values():
+            if count > 1:
+                problem = replace(problem, message=f"{problem.message} (in {count} jobs)")
+            out.append(problem)
+        return out
+
+
+@dataclass
+class _GroupState:
+    group: Group
+    spec: ModelSpec
+    checker: _InputChecker
+    defaults: dict[str, Any]
+    ok: bool = True
+
+
+class Planner:
+    """Plans a pipeline job by job; :meth:`jobs` streams, :attr:`problems` holds what was found.
+
+    Memory stays flat while streaming: nothing per job is kept except the names already used
+    (names must be unique) and bounded caches.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        overrides: Mapping[str, Any] | None = None,
+        max_jobs: int = DEFAULT_MAX_JOBS,
+    ) -> None:
+        self._problems = _Problems()
+        self.overrides = dict(overrides or {})
+        pipeline, problems = apply_overrides(pipeline, self.overrides)
+        self._problems.extend(problems)
+        self.pipeline = pipeline
+        self.max_jobs = max_jobs
+        self.expander = Expander(pipeline)
+        self.axes: dict[str, list[Any]] = {}
+        self._seen_axis_values: dict[str, set[str]] = {}
+        self._states = {id(g): self._group_state(g) for g in pipeline.groups}
+        self._count_cache: dict[str, int | None] = {}
+        self._axis_keys: dict[int, set[str]] = {}
+        self.finished = False
+
+    # problems -----------------------------------------------------------------------------
+
+    @property
+    def problems(self) -> list[Problem]:
+        """Every problem found so far: expansion's and planning's, errors and warnings."""
+        return [*self.expander.problems, *self._problems.all()]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "warning"]
+
+    def raise_for_errors(self) -> None:
+        """Raise :class:`PipelineError` with every problem if any of them is an error."""
+        if self.errors:
+            raise PipelineError(self.problems, file=self.pipeline.path)
+
+    # per group ----------------------------------------------------------------------------
+
+    def _where(self, path: YamlPath | None) -> dict[str, Any]:
+        positions = self.pipeline.positions
+        return {"file": self.pipeline.path, "line": positions.line(path), "column": positions.column(path)}
+
+    def _group_state(self, group: Group) -> _GroupState | None:
+        try:
+            spec = get_model(group.model or "")
+        except UnknownModelError as exc:
+            self._problems.extend([Problem(
+                exc.message, field="model", job=_label(group), hint=exc.hint,
+                **self._where(group.origins.get("model")),
+            )])
+            return None
+        state = _GroupState(group, spec, _InputChecker(spec), spec.defaults())
+        known = list(spec.properties)
+        for name in group.input:
+            if name not in spec.properties:
+                path = group.origins.get(f"input.{name}")
+                self._problems.extend([Problem(
+                    f"'{name}' is not an input field of {spec.model_id}",
+                    field=f"input.{name}", job=_label(group),
+                    hint=did_you_mean(name, known) or f"fields: {', '.join(known)}",
+                    file=self.pipeline.path, line=self.pipeline.positions.key_line(path or ()),
+                )])
+                state.ok = False
+        for name in spec.input_schema.get("required", []):
+            if name not in group.input and name not in state.defaults:
+                self._problems.extend([Problem(
+                    f"missing required input field '{name}' of {spec.model_id}",
+                    field=f"input.{name}", job=_label(group), hint=f"add `{name}:` under `input:`",
+                    **self._where(group.origins.get("input.text") and ("input",)),
+                )])
+                state.ok = False
+        return state
+
+    # jobs ---------------------------------------------------------------------------------
+
+    def _check_size(self) -> bool:
+        if self.expander.count_bound() <= self.max_jobs:
+            return True
+        count = self.expander.count()
+        if count <= self.max_jobs:
+            return True
+        group = self.pipeline.groups[0]
+        path = group.matrix.path if group.matrix.axes else group.seeds.path
+        self._problems.extend([Problem(
+            f"the sweep has {count:,} jobs, more than the limit of {self.max_jobs:,}",
+            field="matrix", hint=f"narrow the matrix or seeds, or raise the limit with "
+            f"--max-jobs {count}", **self._where(path),
+        )])
+        return False
+
+    def jobs(self) -> Iterator[Job]:
+        """Every valid job in plan order; problems are collected in :attr:`problems`.
+
+        Call :meth:`raise_for_errors` after the last job (the jobs of an invalid pipeline
+        must not be run).
+        """
+        if not self._check_size():
+            self.finished = True
+            return
+        states = self._states
+        explicit_seeds = any(g.seeds.values and len(g.seeds.values) > 1 for g in self.pipeline.groups)
+        last_combo: Any = None
+        for rendered in self.expander.jobs():
+            state = states[id(rendered.group)]
+            if rendered.origins is not last_combo:
+                last_combo = rendered.origins
+                self._record_axes(rendered, explicit_seeds)
+            elif explicit_seeds:
+                self._add_axis_value("seed", rendered.seed)
+            if state is None or not state.ok:
+                continue
+            job = self._job(state, rendered)
+            if job is not None:
+                yield job
+        self.finished = True
+
+    def _job(self, state: _GroupState, rendered: RenderedJob) -> Job | None:
+        spec = state.spec
+        body = {**state.defaults, **rendered.input}
+        seed = rendered.seed
+        if spec.seed_field:
+            given = body.get(spec.seed_field)
+            if given is None:
+                body[spec.seed_field] = seed
+            elif isinstance(given, int) and not isinstance(given, bool):
+                seed = given
+        errors = state.checker.errors(body)
+        if errors:
+            self._report_schema_errors(state, rendered, body, errors)
+            return None
+        images = spec.image_count(body)
+        if spec.count_must_match_prompt and not self._check_count(state, rendered, body, images):
+            return None
+        return Job(
+            job_id(spec.model_id, body), rendered.name, rendered.index, rendered.group.name,
+            spec.model_id, rendered.variables, body, seed, images,
+        )
+
+    # the count rule ------------------------------------------------------------------------
+
+    def _stated(self, prompt: str) -> int | None:
+        cache = self._count_cache
+        if prompt in cache:
+            return cache[prompt]
+        if len(cache) > 4096:
+            cache.clear()
+        cache[prompt] = found = stated_image_count(prompt)
+        return found
+
+    def _check_count(self, state: _GroupState, rendered: RenderedJob, body: Mapping[str, Any], images: int) -> bool:
+        spec = state.spec
+        prompt = body.get(spec.prompt_field or "")
+        if not isinstance(prompt, str):
+            return True
+        stated = self._stated(prompt)
+        group = rendered.group
+        prompt_path = group.origins.get(f"input.{spec.prompt_field}")
+        count_field = spec.count_field or ""
+        if stated is None:
+            self._problems.add(("no-count", group.name, prompt_path), lambda: Problem(
+                f"the prompt does not state how many images to make (the job asks for {images})",
+                job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
+                hint=f"say it in the prompt, e.g. 'Generate {images} images of ...'; this model "
+                "makes as many images as the prompt asks for, up to " + count_field,
+                severity="warning", **self._where(prompt_path),
+            ))
+            return True
+        if stated == images:
+            return True
+        in_input = count_field in rendered.input
+        self._problems.add(("count", group.name, stated, images), lambda: Problem(
+            f"the prompt asks for {stated} images but {count_field} is {images}"
+            + ("" if in_input else " (its default)"),
+            job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
+            hint=f"make them agree: write '{images}' in the prompt or set {count_field}: {stated} "
+            "(the price follows that field)",
+            **self._where(prompt_path),
+        ))
+        return False
+
+    # schema errors -------------------------------------------------------------------------
+
+    def _report_schema_errors(
+        self, state: _GroupState, rendered: RenderedJob, body: Mapping[str, Any],
+        errors: list[jsonschema.ValidationError],
+    ) -> None:
+        group = rendered.group
+        for error in errors:
+            path = list(error.absolute_path)
+            name = str(path[0]) if path else None
+            field_ = f"input.{name}" if name else "input"
+            value = error.instance
+            key = ("schema", group.name, field_, error.validator, _hashable(value))
+            origin = self._value_origin(state, rendered, name)
+            self._problems.add(key, lambda: Problem(
+                _schema_message(error, name, value),
+                job=rendered.name, variables=rendered.variables, field=field_,
+                hint=_schema_hint(error, value),
+                **self._where(origin),
+            ))
+
+    def _value_origin(self, state: _GroupState, rendered: RenderedJob, name: str | None) -> YamlPath | None:
+        """Where the bad value is written: the variable's value for ``"{{ var }}"``, else the
+        template itself."""
+        if name is None:
+            return rendered.group.origins.get("model")
+        compiled = next(c for c in self.expander.groups if c.group is rendered.group)
+        template = compiled.fields.get(name)
+        bare = getattr(template, "bare_name", None)
+        if bare and bare in rendered.origins:
+            return rendered.origins[bare]
+        return rendered.group.origins.get(f"input.{name}")
+
+    # axes ----------------------------------------------------------------------------------
+
+    def _record_axes(self, rendered: RenderedJob, explicit_seeds: bool) -> None:
+        keys = self._axis_keys.get(id(rendered.group))
+        if keys is None:
+            keys = self._axis_keys[id(rendered.group)] = _matrix_keys(rendered.group)
+        for name, value in rendered.variables.items():
+            if name in keys or (name == "seed" and explicit_seeds):
+                self._add_axis_value(name, value)
+
+    def _add_axis_value(self, name: str, value: Any) -> None:
+        seen = self._seen_axis_values.setdefault(name, set())
+        key = canonical_json(value)
+        if key not in seen:
+            seen.add(key)
+            self.axes.setdefault(name, []).append(value)
+
+
+def _matrix_keys(group: Group) -> set[str]:
+    keys = set()
+    for axis, values in group.matrix.axes.items():
+        for v in values:
+            keys.update(v if isinstance(v, dict) else (axis,))
+    for entry in group.matrix.include:
+        keys.update(entry)
+    return keys
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+        return (type(value).__name__, value)
+    except TypeError:
+        return canonical_json(value)
+
+
+def _label(group: Group) -> str | None:
+    return f"jobs.{group.name}" if group.name else None
+
+
+_RATIO = re.compile(r"\(([^()]*)\)\s*$")
+
+
+def _closest_allowed(value: Any, allowed: Sequence[Any]) -> Any | None:
+    """The allowed value a person most likely meant, matching the ratio in parentheses too."""
+    text = str(value).strip()
+    for option in allowed:
+        match = _RATIO.search(str(option))
+        if match and text.replace(" ", "") in (match.group(1).replace(" ", ""), str(option).split(" ")[0]):
+            return option
+    if all(isinstance(a, str) for a in allowed):
+        close = difflib.get_close_matches(text, [str(a) for a in allowed], n=1, cutoff=0.5)
+        return close[0] if close else None
+    return None
+
+
+def _schema_message(error: jsonschema.ValidationError, name: str | None, value: Any) -> str:
+    if name is None:
+        return f"the input is invalid: {error.message}"
+    if error.validator == "enum":
+        return f"{value!r} is not an allowed {name}"
+    if error.validator == "type":
+        return f"{name} must be {_article(error.validator_value)}, not {type(value).__name__} {value!r}"
+    if error.validator == "maxLength" and isinstance(value, str):
+        return f"{name} is {len(value)} characters long, more than the {error.validator_value} allowed"
+    return f"{name}: {error.message}"
+
+
+def _article(kind: Any) -> str:
+    names = {"integer": "an integer", "string": "a string", "object": "a mapping", "array": "a list"}
+    if isinstance(kind, list):
+        return " or ".join(names.get(k, k) for k in kind)
+    return names.get(kind, f"a {kind}")
+
+
+def _schema_hint(error: jsonschema.ValidationError, value: Any) -> str | None:
+    if error.validator == "enum":
+        allowed = list(error.validator_value)
+        close = _closest_allowed(value, allowed)
+        if close is not None:
+            return f"did you mean {close!r}?"
+        if all(isinstance(a, int) for a in allowed):
+            return f"allowed: {min(allowed)} to {max(allowed)}"
+        return "allowed: " + ", ".join(repr(a) for a in allowed)
+    if error.validator == "type" and error.validator_value == "integer" and isinstance(value, str):
+        return "a template that is exactly one '{{ expression }}' keeps its type: write \"{{ count }}\" " \
+               "with nothing around it, or a plain number"
+    if error.validator == "maxLength":
+        return "shorten the prompt"
+    return None
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+def iter_jobs(
+    pipeline: Pipeline | str | os.PathLike[str],
+    *,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+) -> Planner:
+    """A :class:`Planner` whose :meth:`~Planner.jobs` streams the jobs (nothing is kept)."""
+    if not isinstance(pipeline, Pipeline):
+        pipeline = load_pipeline(pipeline)
+    values = _overrides(overrides, pipeline)
+    return Planner(pipeline, overrides=values, max_jobs=max_jobs)
+
+
+def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None, pipeline: Pipeline) -> dict[str, Any]:
+    if overrides is None:
+        return {}
+    if isinstance(overrides, Mapping):
+        # values given as text on a command line are read as YAML ("3" -> 3, "[a, b]" -> list)
+        items = [f"{k}={v}" if isinstance(v, str) else None for k, v in overrides.items()]
+        parsed, problems = parse_overrides([i for i in items if i is not None])
+        parsed.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
+    else:
+        parsed, problems = parse_overrides(overrides)
+    if problems:
+        raise PipelineError(problems, file=pipeline.path)
+    return parsed
+
+
+def plan_pipeline(
+    pipeline: Pipeline,
+    *,
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+) -> Plan:
+    """Plan a parsed pipeline; raise :class:`PipelineError` carrying every problem."""
+    planner = iter_jobs(pipeline, overrides=overrides, max_jobs=max_jobs)
+    jobs = tuple(planner.jobs())
+    planner.raise_for_errors()
+    return Plan(
+        pipeline_path=pipeline.path,
+        pipeline_name=pipeline.name,
+        pipeline_text=pipeline.text,
+        pipeline_sha256=pipeline.sha256,
+        jobs=jobs,
+        warnings=tuple(planner.warnings),
+        axes={k: tuple(v) for k, v in planner.axes.items()},
+        overrides=planner.overrides,
+    )
+
+
+def plan_file(
+    path: str | os.PathLike[str],
+    *,
+    overrides: Mapping[str, str] | Sequence[str] | None = None,
+    max_jobs: int = DEFAULT_MAX_JOBS,
+) -> Plan:
+    """Read, expand and check a pipeline file: the jobs to run, or every problem at once."""
+    return plan_pipeline(load_pipeline(path), overrides=overrides, max_jobs=max_jobs)
+
+
+def check_limits(plan: Plan, *, max_images: int | None = None, max_cost: float | None = None) -> None:
+    """Refuse a plan that asks for more images or money than the user allows."""
+    if max_images is not None and plan.total_images > max_images:
+        raise LimitExceeded(
+            f"the plan asks for {plan.total_images:,} images, more than --max-images {max_images:,}",
+            hint="narrow the sweep or raise --max-images",
+        )
+    if max_cost is not None and plan.estimated_cost > max_cost:
+        raise LimitExceeded(
+            f"the plan is estimated at {plan.estimated_cost:.2f} {plan.currency}, more than "
+            f"--max-cost {max_cost:.2f}", hint="narrow the sweep or raise --max-cost",
+        )
+
+
+# --- lock files --------------------------------------------------------------------------------
+
+_LOCK_VERSION = 1
+
+
+def lock_path(pipeline_path: str | os.PathLike[str]) -> Path:
+    """``pipelines/x.yaml`` -> ``pipelines/x.lock.json``."""
+    path = Path(pipeline_path)
+    stem = path.name
+    for suffix in (".yaml", ".yml"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return path.with_name(f"{stem}.lock.json")
+
+
+def _lock_data(plan: Plan) -> dict[str, Any]:
+    return {
+        "lock_version": _LOCK_VERSION,
+        "pipeline": plan.pipeline_name,
+        "overrides": dict(plan.overrides),
+        "totals": {"jobs": len(plan.jobs), "images": plan.total_images},
+        "jobs": [{"id": j.id, "name": j.name, "model": j.model, "input": dict(j.input)} for j in plan.jobs],
+    }
+
+
+def write_lock(plan: Plan) -> Path:
+    """Write the plan's resolved jobs next to its pipeline (for version control)."""
+    if plan.pipeline_path is None:
+        raise LockMismatch("a plan read from text has no file to lock beside")
+    path = lock_path(plan.pipeline_path)
+    text = json.dumps(_lock_data(plan), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def check_lock(plan: Plan) -> None:
+    """Raise :class:`LockMismatch` when the pipeline no longer expands to its lock file."""
+    if plan.pipeline_path is None:
+        raise LockMismatch("a plan read from text has no lock file")
+    path = lock_path(plan.pipeline_path)
+    try:
+        locked = json.loads(path.read_text(encoding="utf-8"))
+        locked_jobs = {j["name"]: j for j in locked["jobs"]}
+    except FileNotFoundError:
+        raise LockMismatch(f"no lock file {path}", hint="create it with `seedflow plan --lock`") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LockMismatch(f"{path} is not a seedflow lock file ({exc})",
+                           hint="recreate it with `seedflow plan --lock`") from None
+    current = {j.name: j for j in plan.jobs}
+    added = [n for n in current if n not in locked_jobs]
+    removed = [n for n in locked_jobs if n not in current]
+    changed = [n for n, j in current.items() if n in locked_jobs and locked_jobs[n].get("id") != j.id]
+    if added or removed or changed:
+        parts = []
+        for label, names in (("new", added), ("gone", removed), ("changed", changed)):
+            if names:
+                shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+                parts.append(f"{len(names)} {label} ({shown})")
+        raise LockMismatch(
+            f"{plan.pipeline_path} no longer expands to {path.name}: " + "; ".join(parts),
+            hint="review the change, then update the lock with `seedflow plan --lock`",
+        )
