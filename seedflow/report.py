@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import jinja2
@@ -28,6 +28,9 @@ import jsonschema
 
 from .errors import RunError, UsageError
 from .models import load_bundled_schema
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
 
 __all__ = [
     "Tile",
@@ -46,6 +49,7 @@ __all__ = [
     "write_report",
     "write_sheet",
     "reproduce_command",
+    "load_pipeline_copy",
     "value_label",
 ]
 
@@ -463,33 +467,83 @@ def _page(
 # --------------------------------------------------------------------------- reproduction
 
 
-def reproduce_command(manifest: Mapping[str, Any], job: Mapping[str, Any]) -> str:
+def reproduce_command(
+    manifest: Mapping[str, Any], job: Mapping[str, Any], pipeline: Pipeline | None = None
+) -> str:
     """A one-line shell command that runs exactly this job again.
 
-    It pins every sweep axis and the seed with ``--set`` on the pipeline the run was planned
-    from (the run folder's copy, ``pipeline.yaml``, when the original path is absolute, so no
-    path of this machine leaks into a shared report).
+    It pins every matrix axis of the job's group to the job's value and the seed, with
+    ``--set``, on the pipeline the run was planned from. With the parsed ``pipeline`` a zipped
+    axis is pinned by its own name; without it the manifest's axes are used. The path is the
+    original one when relative, else the run folder's copy ``pipeline.yaml`` (no path of this
+    machine leaks into a shared report).
     """
-    pipeline = manifest.get("pipeline") or {}
-    path = pipeline.get("path")
+    info = manifest.get("pipeline") or {}
+    path = info.get("path")
     if not isinstance(path, str) or _safe_relative(path) is None:
         path = "pipeline.yaml"
     parts = ["seedflow", "run", path]
-    variables = job.get("variables") or {}
-    pinned = list((manifest.get("axes") or {}).keys())
-    for name in pinned:
-        if name in variables:
-            parts += ["--set", f"{name}={_set_value(variables[name])}"]
-    if SEED_AXIS not in pinned and job.get("seed") is not None:
-        parts += ["--set", f"{SEED_AXIS}={job['seed']}"]
+    for name, value in _pins(manifest, job, pipeline):
+        parts += ["--set", f"{name}={_set_value(value)}"]
+    if job.get("seed") is not None:
+        parts += ["--set", f"seeds={job['seed']}"]
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _pins(
+    manifest: Mapping[str, Any], job: Mapping[str, Any], pipeline: Pipeline | None
+) -> list[tuple[str, Any]]:
+    """(axis, value) pairs that select this job's point of the sweep."""
+    variables: Mapping[str, Any] = job.get("variables") or {}
+    group = None
+    if pipeline is not None:
+        group = next((g for g in pipeline.groups if g.name == job.get("group")), None)
+    if group is None:
+        names = [a for a in (manifest.get("axes") or {}) if a != SEED_AXIS and a in variables]
+        return [(name, variables[name]) for name in names]
+    pins: list[tuple[str, Any]] = []
+    for axis, values in group.matrix.axes.items():
+        for value in values:
+            if _matches(value, axis, variables):
+                pins.append((axis, value))
+                break
+    return pins
+
+
+def _matches(value: Any, axis: str, variables: Mapping[str, Any]) -> bool:
+    if isinstance(value, dict):  # a zipped axis: each of its keys is a variable
+        return all(k in variables and value_key(variables[k]) == value_key(v)
+                   for k, v in value.items())
+    return axis in variables and value_key(variables[axis]) == value_key(value)
+
+
 def _set_value(value: Any) -> str:
-    # --set values are read as YAML scalars: strings bare, the rest as JSON (valid YAML).
-    if isinstance(value, str):
+    # --set values are read as YAML: strings bare when YAML reads them back as the same
+    # string, everything else as JSON (which YAML reads too).
+    if isinstance(value, str) and _yaml_reads_as(value, value):
         return value
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _yaml_reads_as(text: str, expected: Any) -> bool:
+    import yaml
+
+    try:
+        return bool(yaml.safe_load(text) == expected) if text.strip() else False
+    except yaml.YAMLError:
+        return False
+
+
+def load_pipeline_copy(run_dir: Path) -> Pipeline | None:
+    """The run folder's ``pipeline.yaml`` parsed, or None when absent or unreadable."""
+    from .errors import SeedflowError
+    from .pipeline import parse_pipeline
+
+    try:
+        text = (Path(run_dir) / "pipeline.yaml").read_text(encoding="utf-8")
+        return parse_pipeline(text, "pipeline.yaml")
+    except (OSError, UnicodeDecodeError, SeedflowError):
+        return None
 
 
 # --------------------------------------------------------------------------- run folder I/O
@@ -529,34 +583,22 @@ def _manifest_validator() -> jsonschema.protocols.Validator:
 
 
 def find_run_dir(run: str | os.PathLike[str], out: str | os.PathLike[str] = "runs") -> Path:
-    """The run folder meant by ``run``: a run folder, a pipeline's folder (its latest run),
-    or a run id looked up under ``out``."""
+    """The run folder meant by ``run``: a folder holding a manifest (also an unzipped copy
+    without its journal), else a run folder or run id as :func:`seedflow.store.find_run`
+    understands it."""
     given = Path(run)
     if (given / MANIFEST_NAME).is_file():
         return given
-    if given.is_dir():
-        latest = _latest_run(given.iterdir())
-        if latest is not None:
-            return latest
-    base = Path(out)
-    if base.is_dir() and not given.is_absolute() and len(given.parts) == 1:
-        candidates = [p for p in base.glob(f"*/{given.name}") if (p / MANIFEST_NAME).is_file()]
-        candidates += [base / given.name] if (base / given.name / MANIFEST_NAME).is_file() else []
-        if len(candidates) == 1:
-            return candidates[0]
-        if len(candidates) > 1:
-            shown = ", ".join(str(c) for c in candidates)
-            raise UsageError(f"run id {str(run)!r} is ambiguous: {shown}",
-                             hint="give the run folder's path")
-    raise UsageError(
-        f"{str(run)!r} is not a run folder, nor a run id under {base}/",
-        hint="give a path like runs/<pipeline>/<run id>, or a run id with --out DIR",
-    )
+    from .store import find_run
 
-
-def _latest_run(children: Iterable[Path]) -> Path | None:
-    runs = sorted(p for p in children if (p / MANIFEST_NAME).is_file())
-    return runs[-1] if runs else None
+    try:
+        return find_run(run, out)
+    except RunError:
+        # A copied run folder may have left its journal behind: its manifest is enough.
+        copies = sorted(Path(out).glob(f"*/{given.name}/{MANIFEST_NAME}"))
+        if len(given.parts) == 1 and len(copies) == 1:
+            return copies[0].parent
+        raise
 
 
 def _plan_jobs(run_dir: Path) -> list[Mapping[str, Any]]:
@@ -767,7 +809,9 @@ def _summary(manifest: Mapping[str, Any], now: datetime | None) -> dict[str, Any
     }
 
 
-def _detail(manifest: Mapping[str, Any], entry: Entry, prompt_field: str | None) -> dict[str, Any]:
+def _detail(
+    manifest: Mapping[str, Any], entry: Entry, prompt_field: str | None, pipeline: Pipeline | None
+) -> dict[str, Any]:
     """What the detail view shows for one job (embedded as JSON in the page)."""
     job = entry.job
     inputs = job.get("input") or {}
@@ -789,7 +833,7 @@ def _detail(manifest: Mapping[str, Any], entry: Entry, prompt_field: str | None)
         "completed_at": job.get("completed_at"),
         "reused_from": job.get("reused_from"),
         "input": inputs,
-        "command": reproduce_command(manifest, job),
+        "command": reproduce_command(manifest, job, pipeline),
         "tiles": [
             {"index": t.index, "path": _href(t.path) if t.path else None, "status": t.status,
              "sha256": t.sha256, "bytes": t.bytes, "width": t.width, "height": t.height}
@@ -811,12 +855,14 @@ def render_html(
     live: bool | None = None,
     now: datetime | None = None,
     refresh_seconds: int = 5,
+    pipeline: Pipeline | None = None,
 ) -> str:
-    """The report page as text. ``live`` (default: the run has not ended) makes it reload."""
+    """The report page as text. ``live`` (default: the run has not ended) makes it reload;
+    ``pipeline`` (the parsed copy) makes the reproduce commands pin zipped axes exactly."""
     if live is None:
         live = manifest.get("ended_at") is None and manifest.get("status") == "running"
     prompt_field = _prompt_field(str(manifest.get("model", "")))
-    details = {e.id: _detail(manifest, e, prompt_field) for e in grid.entries()}
+    details = {e.id: _detail(manifest, e, prompt_field, pipeline) for e in grid.entries()}
     max_tiles = max((len(e.tiles) for e in grid.entries()), default=1) or 1
     return _template().render(
         summary=_summary(manifest, now or datetime.now(timezone.utc)),
@@ -857,7 +903,8 @@ def write_report(
     )
     grid = make_thumbnails(folder, grid)
     page = folder / REPORT_NAME
-    _atomic_write(page, render_html(data, grid, live=live).encode("utf-8"))
+    html = render_html(data, grid, live=live, pipeline=load_pipeline_copy(folder))
+    _atomic_write(page, html.encode("utf-8"))
     if sheet is not None:
         write_sheet(folder, grid, Path(sheet), title=_sheet_title(data))
     return page

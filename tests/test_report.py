@@ -1,0 +1,401 @@
+"""seedflow report: grid layout, thumbnails, the HTML page, the contact sheet and the command."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from seedflow.cli import cli
+from seedflow.errors import RunError, UsageError
+from seedflow.report import (
+    build_grid,
+    default_axes,
+    load_manifest,
+    make_thumbnails,
+    reproduce_command,
+    write_report,
+    write_sheet,
+)
+
+from report_fixtures import make_run
+
+AXES = {"style": ["oil", "watercolor", "pixel art"], "subject": ["fox", "owl"], "seed": [1, 2]}
+# index of a job in make_run's product order: style outermost, then subject, then seed
+FAILED, PARTIAL, CANCELLED, PENDING, UNKNOWN = 1, 3, 5, 7, 8
+
+
+class PageParser(HTMLParser):
+    """Collects what the tests look at: labels, cells, links and the embedded job data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[tuple[str, dict[str, str]]] = []
+        self.col_labels: list[str] = []
+        self.row_labels: list[str] = []
+        self.cells: list[dict[str, str]] = []
+        self.links: list[str] = []
+        self.scripts: list[str] = []
+        self._text: list[str] | None = None
+        self._script: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        for name in ("src", "href"):
+            if name in a:
+                self.links.append(a[name])
+        if tag == "th" and ("col-label" in a.get("class", "") or "row-label" in a.get("class", "")):
+            self._text = []
+            self.stack.append((tag, a))
+        if tag == "td" and "cell" in a.get("class", ""):
+            self.cells.append(a)
+        if tag == "script":
+            self._script = []
+        if tag == "span" and self._text is not None and "axisname" in a.get("class", ""):
+            self._skip = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "th" and self._text is not None:
+            _, a = self.stack.pop()
+            label = "".join(self._text).strip()
+            (self.col_labels if "col-label" in a["class"] else self.row_labels).append(label)
+            self._text = None
+        if tag == "script" and self._script is not None:
+            self.scripts.append("".join(self._script))
+            self._script = None
+        if tag == "span":
+            self._skip = False
+
+    _skip = False
+
+    def handle_data(self, data: str) -> None:
+        if self._text is not None and not self._skip:
+            self._text.append(data)
+        if self._script is not None:
+            self._script.append(data)
+
+
+def parse(page: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(page.read_text(encoding="utf-8"))
+    return parser
+
+
+def details(parser: PageParser) -> dict[str, Any]:
+    data = next(s for s in parser.scripts if s.lstrip().startswith("{"))
+    return json.loads(data)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return make_run(tmp_path, axes=AXES, states={
+        FAILED: "failed", PARTIAL: "partial", CANCELLED: "cancelled", PENDING: "pending",
+        UNKNOWN: "unknown",
+    })
+
+
+# --- layout ---------------------------------------------------------------------------------
+
+
+def test_default_axes_take_the_sweeps_with_most_values_and_leave_seeds_to_pages() -> None:
+    manifest = {"axes": {"subject": ["fox", "owl"], "seed": [1, 2, 3, 4, 5],
+                         "style": ["a", "b", "c"], "mood": ["x"]}, "jobs": []}
+    assert default_axes(manifest) == ("style", "subject")
+    assert default_axes({"axes": {"seed": [1, 2, 3], "style": ["a", "b"]}, "jobs": []}) == (
+        "style", "seed")
+
+
+def test_every_job_has_exactly_one_cell_and_failures_keep_their_reason(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    grid = build_grid(manifest, exists=lambda rel: (run_dir / rel).is_file())
+    assert (grid.x, grid.y, grid.page_axes) == ("style", "subject", ("seed",))
+    placed = [e.id for e in grid.entries()]
+    assert sorted(placed) == sorted(j["id"] for j in manifest["jobs"])
+    by_index = {e.job["index"]: e for e in grid.entries()}
+    assert by_index[FAILED].status == "failed"
+    assert "content policy" in (by_index[FAILED].reason or "")
+    assert by_index[CANCELLED].status == "cancelled"
+    assert by_index[PENDING].status == "waiting"
+    assert by_index[UNKNOWN].status == "unknown" and "billed" in (by_index[UNKNOWN].reason or "")
+    partial = by_index[PARTIAL]
+    assert partial.status == "partial"
+    assert [t.status for t in partial.tiles] == ["ok", "not_returned"]
+    assert partial.reason == "1 of 2 images came back"
+
+
+def test_cells_sit_at_their_axis_values_in_pipeline_order(run_dir: Path) -> None:
+    grid = build_grid(load_manifest(run_dir))
+    assert [p.title for p in grid.pages] == ["seed=1", "seed=2"]
+    for page in grid.pages:
+        assert [c.label for c in page.columns] == AXES["style"]
+        assert [r.label for r in page.rows] == AXES["subject"]
+        for r, row in enumerate(page.cells):
+            for c, cell in enumerate(row):
+                (entry,) = cell.entries
+                variables = entry.job["variables"]
+                assert variables["style"] == page.columns[c].label
+                assert variables["subject"] == page.rows[r].label
+                assert page.title == f"seed={variables['seed']}"
+
+
+def test_outputs_of_one_job_stay_together_in_their_order(tmp_path: Path) -> None:
+    run = make_run(tmp_path, axes={"style": ["a", "b"]}, images_per_job=4)
+    manifest = load_manifest(run)
+    manifest["jobs"][0]["outputs"].reverse()  # the manifest order must not matter
+    grid = build_grid(manifest)
+    for entry in grid.entries():
+        assert [t.index for t in entry.tiles] == [0, 1, 2, 3]
+        assert [t.path for t in entry.tiles] == sorted(t.path or "" for t in entry.tiles)
+
+
+def test_axes_can_be_chosen_and_a_wrong_one_is_a_clear_error(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    grid = build_grid(manifest, x="seed", y="style")
+    assert (grid.x, grid.y, grid.page_axes) == ("seed", "style", ("subject",))
+    assert build_grid(manifest, y="seed").x == "style"
+    with pytest.raises(UsageError) as info:
+        build_grid(manifest, x="colour")
+    assert "colour" in str(info.value) and "style, subject, seed" in str(info.value)
+    with pytest.raises(UsageError):
+        build_grid(manifest, x="style", y="style")
+
+
+def test_excluded_combinations_leave_an_empty_cell_not_a_shifted_grid(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    manifest["jobs"] = [j for j in manifest["jobs"]
+                        if not (j["variables"]["style"] == "oil" and j["variables"]["subject"] == "owl")]
+    grid = build_grid(manifest)
+    page = grid.pages[0]
+    assert [r.label for r in page.rows] == ["fox", "owl"]
+    assert page.cells[1][0].status == "empty"
+    assert page.cells[1][1].entries[0].job["variables"]["style"] == "watercolor"
+
+
+def test_missing_files_and_paths_outside_the_run_are_marked_missing(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    first = manifest["jobs"][0]
+    (run_dir / first["outputs"][0]["path"]).unlink()
+    manifest["jobs"][2]["outputs"][0]["path"] = "../../etc/passwd"
+    grid = build_grid(manifest, exists=lambda rel: (run_dir / rel).is_file())
+    by_index = {e.job["index"]: e for e in grid.entries()}
+    assert by_index[0].status == "missing" and by_index[0].tiles[0].status == "missing"
+    assert by_index[2].status == "missing" and by_index[2].tiles[0].path is None
+    assert "missing" in (by_index[0].reason or "")
+
+
+def test_a_planned_job_absent_from_the_manifest_still_gets_a_cell(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    lost = manifest["jobs"].pop(4)
+    grid = build_grid(manifest, plan_jobs=[lost])
+    entry = next(e for e in grid.entries() if e.id == lost["id"])
+    assert entry.status == "failed" and "not in the manifest" in (entry.reason or "")
+    assert any("not in the manifest" in p for p in grid.problems)
+
+
+# --- thumbnails -----------------------------------------------------------------------------
+
+
+def test_thumbnails_are_small_cached_by_sha256_and_reused(tmp_path: Path) -> None:
+    run = make_run(tmp_path, axes={"style": ["a", "b"]}, size=(900, 600))
+    grid = make_thumbnails(run, build_grid(load_manifest(run)))
+    thumbs = sorted((run / "thumbs").iterdir())
+    assert len(thumbs) == 4
+    for tile in grid.tiles():
+        assert tile.thumb is not None and tile.sha256 and tile.sha256 in tile.thumb
+        with Image.open(run / tile.thumb) as image:
+            assert max(image.size) <= 320 and image.size == (320, 213)
+    stamps = {p: p.stat().st_mtime_ns for p in thumbs}
+    os.utime(thumbs[0], ns=(1, 1))
+    make_thumbnails(run, build_grid(load_manifest(run)))
+    assert thumbs[0].stat().st_mtime_ns == 1  # not made again
+    assert {p: p.stat().st_mtime_ns for p in thumbs[1:]} == {p: stamps[p] for p in thumbs[1:]}
+
+
+def test_an_unreadable_image_marks_its_cell(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    broken = manifest["jobs"][0]["outputs"][1]
+    (run_dir / broken["path"]).write_bytes(b"not a png")
+    broken["sha256"] = "f" * 64
+    grid = make_thumbnails(run_dir, build_grid(manifest))
+    entry = next(e for e in grid.entries() if e.job["index"] == 0)
+    assert [t.status for t in entry.tiles] == ["ok", "unreadable"]
+    assert entry.status == "missing" and "unreadable" in (entry.reason or "")
+
+
+# --- the page -------------------------------------------------------------------------------
+
+
+def test_page_has_a_cell_per_job_labels_from_the_axes_and_only_relative_links(
+    run_dir: Path,
+) -> None:
+    page = write_report(run_dir)
+    assert page == run_dir / "report.html"
+    html = page.read_text(encoding="utf-8")
+    parsed = parse(page)
+    manifest = load_manifest(run_dir)
+    jobs_in_cells = [j for c in parsed.cells for j in c["data-jobs"].split()]
+    assert sorted(jobs_in_cells) == sorted(j["id"] for j in manifest["jobs"])
+    assert parsed.col_labels == AXES["style"] * 2
+    assert parsed.row_labels == AXES["subject"] * 2
+    for cell in parsed.cells:
+        job = next(j for j in manifest["jobs"] if j["id"] == cell["data-jobs"])
+        assert (cell["data-x"], cell["data-y"]) == (job["variables"]["style"],
+                                                    job["variables"]["subject"])
+    images = [link for link in parsed.links if link]
+    assert images, "the page links no image"
+    for link in images:
+        assert not re.match(r"^[a-z]+:|^/", link), link  # no scheme, no absolute path
+        assert (run_dir / unquote(link)).is_file(), link
+    assert str(run_dir) not in html and str(run_dir.parent.parent) not in html
+    assert "http://" not in html.replace("http://127.0.0.1:9", "")  # only provenance URLs
+    assert "<link" not in html and "@import" not in html  # nothing fetched from outside
+
+
+def test_detail_data_has_prompt_variables_seed_request_id_sha256_and_command(
+    run_dir: Path,
+) -> None:
+    parsed = parse(write_report(run_dir))
+    data = details(parsed)
+    manifest = load_manifest(run_dir)
+    job = manifest["jobs"][0]
+    shown = data[job["id"]]
+    assert shown["prompt"] == job["input"]["text"]
+    assert shown["variables"] == {k: str(v) for k, v in job["variables"].items()}
+    assert shown["seed"] == job["seed"] and shown["request_id"] == job["request_id"]
+    assert [t["sha256"] for t in shown["tiles"]] == [o["sha256"] for o in job["outputs"]]
+    assert shown["command"] == (
+        "seedflow run pipelines/study.yaml --set style=oil --set subject=fox "
+        "--set seeds=1"
+    )
+    assert data[manifest["jobs"][FAILED]["id"]]["reason"].startswith("the service reported")
+
+
+def test_reproduce_command_pins_zipped_axes_and_never_leaks_an_absolute_path(
+    tmp_path: Path,
+) -> None:
+    from seedflow.pipeline import parse_pipeline
+
+    pipeline = parse_pipeline(
+        "version: 1\nname: zipped\nmodel: bytedance/seedream-4-0/sequential\n"
+        "input:\n  text: 'A series of 2 images: {{ style }} {{ palette }} {{ n }}'\n"
+        "matrix:\n  look:\n    - {style: oil, palette: warm}\n    - {style: ink, palette: 'cold: blue'}\n"
+        "  n: [1, 2]\n",
+        "pipeline.yaml",
+    )
+    manifest = {"pipeline": {"path": "/home/someone/secret/zipped.yaml"},
+                "axes": {"style": ["oil", "ink"], "palette": ["warm", "cold: blue"], "n": [1, 2]}}
+    job = {"group": None, "seed": 7, "variables": {"style": "ink", "palette": "cold: blue", "n": 2}}
+    command = reproduce_command(manifest, job, pipeline)
+    assert command == (
+        "seedflow run pipeline.yaml --set 'look={\"palette\": \"cold: blue\", \"style\": \"ink\"}' "
+        "--set n=2 --set seeds=7"
+    )
+    assert "/home" not in reproduce_command(manifest, job)
+
+
+def test_script_data_cannot_break_out_of_the_page(run_dir: Path) -> None:
+    manifest = load_manifest(run_dir)
+    manifest["jobs"][0]["input"]["text"] = "</script><script>alert(1)</script> <b>&amp;"
+    (run_dir / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    page = write_report(run_dir)
+    html = page.read_text(encoding="utf-8")
+    assert "<script>alert(1)" not in html
+    data = details(parse(page))
+    assert data[manifest["jobs"][0]["id"]]["prompt"].startswith("</script><script>")
+
+
+def test_unfinished_run_page_reloads_itself_and_a_finished_one_does_not(tmp_path: Path) -> None:
+    live = make_run(tmp_path / "a", axes={"style": ["a", "b"]}, ended=False, states={1: "running"})
+    done = make_run(tmp_path / "b", axes={"style": ["a", "b"]})
+    live_html = write_report(live).read_text(encoding="utf-8")
+    done_html = write_report(done).read_text(encoding="utf-8")
+    assert "location.reload()" in live_html and 'http-equiv="refresh"' in live_html
+    assert "location.reload()" not in done_html and "refresh" not in done_html.lower().replace(
+        "refreshes", "")
+    assert "location.reload()" not in write_report(live, live=False).read_text(encoding="utf-8")
+
+
+def test_report_fills_in_as_the_manifest_changes(tmp_path: Path) -> None:
+    run = make_run(tmp_path, axes={"style": ["a", "b"]}, ended=False, states={1: "running"})
+    manifest = load_manifest(run)
+    first = parse(write_report(run, manifest=manifest))
+    assert sum("thumbs/" in link for link in first.links) == 2
+    done = make_run(tmp_path / "later", axes={"style": ["a", "b"]})
+    manifest["jobs"][1] = load_manifest(done)["jobs"][1]
+    for out in manifest["jobs"][1]["outputs"]:
+        target = run / out["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((done / out["path"]).read_bytes())
+    second = parse(write_report(run, manifest=manifest))
+    assert sum("thumbs/" in link for link in second.links) == 4
+
+
+def test_header_shows_pipeline_model_totals_duration_and_cost(run_dir: Path) -> None:
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    for text in ("study", "bytedance/seedream-4-0/sequential", "2 min 05 s", "0.65 USD",
+                 "1 failed", "1 partial", "1 cancelled", "15", "of 24 requested"):
+        assert text in html, text
+
+
+def test_a_broken_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    run = make_run(tmp_path, axes={"style": ["a", "b"]})
+    manifest = json.loads((run / "manifest.json").read_text())
+    del manifest["jobs"][0]["state"]
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match=r"manifest.json: not a seedflow manifest: at \$\.jobs\[0\]"):
+        load_manifest(run)
+    (run / "manifest.json").write_text("{")
+    with pytest.raises(RunError, match="not valid JSON"):
+        load_manifest(run)
+    with pytest.raises(RunError, match="no manifest.json"):
+        load_manifest(tmp_path)
+
+
+# --- contact sheet --------------------------------------------------------------------------
+
+
+def test_contact_sheet_draws_every_cell_with_its_status_colour(run_dir: Path) -> None:
+    out = run_dir.parent / "sheet.png"
+    write_report(run_dir, sheet=out)
+    with Image.open(out) as sheet:
+        width, height = sheet.size
+        rgb = sheet.convert("RGB")
+        colours = {rgb.getpixel((x, y)) for x in range(0, width, 7) for y in range(0, height, 7)}
+    assert width > 3 * 2 * 160 and height > 4 * 160  # 3 columns of 2 images, 2 pages × 2 rows
+    assert (253, 226, 226) in colours  # the failed cell
+    assert (232, 240, 252) in colours  # the waiting cell
+    grid = make_thumbnails(run_dir, build_grid(load_manifest(run_dir), x="subject", y="style"))
+    tall = write_sheet(run_dir, grid, run_dir.parent / "tall.png")
+    with Image.open(tall) as image:
+        assert image.height > height  # 3 rows per page now
+
+
+# --- the command ----------------------------------------------------------------------------
+
+
+def test_command_writes_the_page_and_sheet_from_a_run_id(run_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    sheet = tmp_path / "out" / "sheet.png"
+    result = runner.invoke(cli, ["report", run_dir.name, "--out", str(tmp_path / "runs"),
+                                 "--x", "subject", "--y", "seed", "--sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
+    assert "report.html" in result.output and sheet.is_file()
+    parsed = parse(run_dir / "report.html")
+    assert parsed.col_labels[:2] == ["fox", "owl"] and parsed.row_labels[:2] == ["1", "2"]
+
+
+def test_command_errors_are_messages_not_tracebacks(run_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["report", str(run_dir), "--x", "colour"])
+    assert result.exit_code == 2
+    assert "no such axis" in result.output and "Traceback" not in result.output
+    result = runner.invoke(cli, ["report", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 1 and "no run 'nope'" in result.output
