@@ -16,14 +16,16 @@ has no token at all, and httpx drops ``Authorization`` on redirects to another o
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import math
 import os
 import random
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Generator, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import quote
 
 import anyio
@@ -55,19 +57,19 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_REQUESTS_PER_SECOND",
     "TERMINAL_STATES",
-    "Client",
-    "RetryPolicy",
-    "PollPolicy",
-    "Submission",
-    "Status",
-    "Outputs",
-    "Result",
-    "PartialOutputs",
     "CancelOutcome",
+    "Client",
     "Download",
-    "resolve_token",
-    "resolve_base_url",
+    "Outputs",
+    "PartialOutputs",
+    "PollPolicy",
+    "Result",
+    "RetryPolicy",
+    "Status",
+    "Submission",
     "normalise_state",
+    "resolve_base_url",
+    "resolve_token",
 ]
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
@@ -357,7 +359,9 @@ class Client:
                 f"{excerpt(str(body), redact=self._token)}",
                 hint="the job may have been accepted and billed; it was not resent",
             )
-        urls = {name: self._request_url(request_id, name) for name in ("status", "result", "cancel")}
+        urls = {
+            name: self._request_url(request_id, name) for name in ("status", "result", "cancel")
+        }
         return Submission(
             request_id=request_id,
             status_url=_str_or(body.get("status_url"), urls["status"]),
@@ -388,9 +392,10 @@ class Client:
         """Ask to cancel a queued job; a running or finished job answers ``not_cancellable``."""
         body = await self._call("POST", _request_path(request_id, "cancel"), request_id=request_id)
         state = normalise_state(str(body.get("status", "")))
-        outcome = body.get("outcome")
-        if outcome not in ("cancelled", "not_cancellable"):
-            # Tolerate an answer without `outcome`: the status says what happened.
+        outcome: Literal["cancelled", "not_cancellable"]
+        if body.get("outcome") in ("cancelled", "not_cancellable"):
+            outcome = body["outcome"]
+        else:  # tolerate an answer without `outcome`: the status says what happened
             outcome = "cancelled" if state == "cancelled" else "not_cancellable"
         return CancelOutcome(request_id=request_id, status=state, outcome=outcome)
 
@@ -454,7 +459,9 @@ class Client:
                 attempt += 1
                 if not error.retryable or attempt >= self.retry.attempts:
                     raise
-                await self._sleep(self.retry.delay(attempt - 1, getattr(error, "retry_after", None)))
+                await self._sleep(
+                    self.retry.delay(attempt - 1, getattr(error, "retry_after", None))
+                )
 
     async def _download_once(self, url: str, dest: Path) -> Download:
         where = describe_url(url) if url.startswith(("http://", "https://")) else "?"
@@ -462,9 +469,13 @@ class Client:
             raise _download_error(f"output URL is not http(s): {url[:40]}", retryable=False)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+            fd, tmp_name = tempfile.mkstemp(
+                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
+            )
         except OSError as exc:
-            raise _download_error(f"cannot write into {dest.parent}: {exc}", retryable=False) from exc
+            raise _download_error(
+                f"cannot write into {dest.parent}: {exc}", retryable=False
+            ) from exc
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
@@ -650,8 +661,6 @@ def _str_or(value: Any, default: str) -> str:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("seedflow")
-    except Exception:  # not installed (running from a checkout)
+        return importlib.metadata.version("seedflow")
+    except importlib.metadata.PackageNotFoundError:  # running from a bare checkout
         return "0"

@@ -16,8 +16,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
 
@@ -39,15 +40,15 @@ from .errors import (
 __all__ = [
     "ERROR_CODES",
     "HTTP_STATUSES",
-    "raise_for_answer",
-    "map_transport_error",
-    "parse_retry_after",
+    "certainly_not_sent",
     "check_base_url",
-    "is_loopback",
     "describe_url",
     "excerpt",
+    "is_loopback",
+    "map_transport_error",
+    "parse_retry_after",
+    "raise_for_answer",
     "server_message",
-    "certainly_not_sent",
 ]
 
 #: RunComfy's documented ``error_code`` values.
@@ -130,8 +131,10 @@ def check_base_url(url: str) -> httpx.URL:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UsageError(f"invalid API base URL '{url}': expected http(s)://host", hint=hint)
     if parsed.userinfo:
-        raise UsageError("the API base URL must not carry credentials", hint="set the token in "
-                         "RUNCOMFY_API_TOKEN instead")
+        raise UsageError(
+            "the API base URL must not carry credentials",
+            hint="set the token in RUNCOMFY_API_TOKEN instead",
+        )
     if parsed.scheme == "http" and not is_loopback(parsed.host):
         raise UsageError(
             f"refusing plain http:// for {parsed.host}: the token would travel unencrypted",
@@ -165,7 +168,7 @@ def _error_code(body: Any) -> int | None:
     raw = body.get("error_code")
     if raw is None and isinstance(body.get("error"), dict):
         raw = body["error"].get("error_code", body["error"].get("code"))
-    if isinstance(raw, bool):
+    if not isinstance(raw, (int, str)) or isinstance(raw, bool):
         return None
     try:
         code = int(raw)
@@ -178,7 +181,8 @@ def server_message(body: Any) -> str | None:
     """What the service said, from the first of the fields RunComfy uses for it."""
     if not isinstance(body, dict):
         return None
-    for source in (body, body.get("error") if isinstance(body.get("error"), dict) else {}):
+    nested = body.get("error")
+    for source in (body, nested if isinstance(nested, dict) else {}):
         for key in ("error_message", "message", "error", "detail"):
             value = source.get(key)
             if isinstance(value, str) and value.strip():
@@ -240,8 +244,9 @@ def raise_for_answer(
     if cls is None and status >= 400:
         cls = HTTP_STATUSES.get(status) or (ServerError if status >= 500 else None)
         if cls is None:
-            raise UnexpectedResponse(f"unexpected answer from the API ({where}): {quoted}",
-                                     **fields)
+            raise UnexpectedResponse(
+                f"unexpected answer from the API ({where}): {quoted}", **fields
+            )
     if cls is not None:
         text = f"{_SUMMARIES[cls]} ({where}): {quoted}"
         hint = _HINTS.get(cls)
@@ -296,7 +301,6 @@ def map_transport_error(
 
 def _has_request(exc: httpx.HTTPError) -> bool:
     try:
-        exc.request
-    except RuntimeError:
+        return exc.request is not None
+    except RuntimeError:  # raised by httpx when the error was created without a request
         return False
-    return True

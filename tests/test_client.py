@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from email.utils import format_datetime
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -299,8 +300,10 @@ async def test_retries_give_up_after_the_policy_attempts() -> None:
 
 async def test_retry_after_is_honoured() -> None:
     client, rec = make_client(
-        answers(httpx.Response(429, headers={"Retry-After": "3"}), ok(request_id="r1",
-                                                                     status="completed"))
+        answers(
+            httpx.Response(429, headers={"Retry-After": "3"}),
+            ok(request_id="r1", status="completed"),
+        )
     )
     async with client:
         await client.status("r1")
@@ -358,8 +361,17 @@ async def test_submit_is_retried_when_the_service_certainly_did_not_take_it(firs
         httpx.Response(200, text="<html>proxy page</html>"),
         ok(status="in_queue"),
     ],
-    ids=["read-timeout", "dropped", "reset", "write-timeout", "500", "502", "504", "garbage",
-         "no-request-id"],
+    ids=[
+        "read-timeout",
+        "dropped",
+        "reset",
+        "write-timeout",
+        "500",
+        "502",
+        "504",
+        "garbage",
+        "no-request-id",
+    ],
 )
 async def test_submit_with_unknown_outcome_is_never_resent(failure: Any) -> None:
     client, rec = make_client(answers(failure, ACCEPTED))
@@ -427,8 +439,7 @@ def test_state_normalisation() -> None:
 
 async def test_queue_position_only_while_queued() -> None:
     client, _ = make_client(
-        answers(ok(status="in_queue", queue_position=4), ok(status="in_progress",
-                                                            queue_position=0))
+        answers(ok(status="in_queue", queue_position=4), ok(status="in_progress", queue_position=0))
     )
     async with client:
         assert (await client.status("r1")).queue_position == 4
@@ -436,8 +447,11 @@ async def test_queue_position_only_while_queued() -> None:
 
 
 async def test_result_folds_every_output_kind_and_reports_partial() -> None:
-    output = {"image": "https://f.test/a.png", "images": ["https://f.test/b.png"],
-              "video": "https://f.test/v.mp4"}
+    output = {
+        "image": "https://f.test/a.png",
+        "images": ["https://f.test/b.png"],
+        "video": "https://f.test/v.mp4",
+    }
     client, _ = make_client(answers(ok(request_id="r1", status="succeeded", output=output)))
     async with client:
         result = await client.result("r1")
@@ -520,7 +534,10 @@ async def test_wait_backs_off_in_the_queue_and_polls_fast_while_running() -> Non
     assert max(running) == client.poll.running_interval
     # on_status sees changes only: position 6, position 1, running, completed
     assert [(s.state, s.queue_position) for s in seen] == [
-        ("in_queue", 6), ("in_queue", 1), ("in_progress", None), ("completed", None)
+        ("in_queue", 6),
+        ("in_queue", 1),
+        ("in_progress", None),
+        ("completed", None),
     ]
 
 
@@ -559,7 +576,7 @@ async def test_wait_gives_up_when_result_never_catches_up_with_status() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return ok(status="completed" if request.url.path.endswith("/status") else "in_progress")
 
-    client, rec = make_client(handler, poll=PollPolicy(unknown_status_timeout=0.05))
+    client, _ = make_client(handler, poll=PollPolicy(unknown_status_timeout=0.05))
 
     async def real_sleep(seconds: float) -> None:
         await anyio.sleep(0.01)
@@ -659,8 +676,9 @@ def file_host(*responses: httpx.Response) -> Handler:
 
 
 async def test_download_streams_checks_and_renames(tmp_path: Path) -> None:
-    client, rec = make_client(file_host(httpx.Response(200, content=PNG,
-                                                       headers={"content-type": "image/png"})))
+    client, rec = make_client(
+        file_host(httpx.Response(200, content=PNG, headers={"content-type": "image/png"}))
+    )
     dest = tmp_path / "images" / "job-0.png"
     async with client:
         got = await client.download(FILE_URL, dest)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import pytest
@@ -32,8 +33,11 @@ Factory = Callable[..., EmulatorHandle]
 
 
 def job(n: int = 2, subject: str = "a red fox", **extra: Any) -> dict[str, Any]:
-    return {"text": f"Generate {n} images of {subject}",
-            "sequential_image_generation_options": n, **extra}
+    return {
+        "text": f"Generate {n} images of {subject}",
+        "sequential_image_generation_options": n,
+        **extra,
+    }
 
 
 @pytest.fixture
@@ -45,8 +49,9 @@ def client_for(emu: EmulatorHandle, token: str = "test-token", **kwargs: Any) ->
     kwargs.setdefault("retry", RetryPolicy(attempts=4, base_delay=0.01))
     kwargs.setdefault(
         "poll",
-        PollPolicy(first_delay=0.02, running_interval=0.05, queue_interval=0.2,
-                   per_queue_position=0.02),
+        PollPolicy(
+            first_delay=0.02, running_interval=0.05, queue_interval=0.2, per_queue_position=0.02
+        ),
     )
     kwargs.setdefault("max_requests_per_second", 500.0)
     return Client(token, base_url=emu.base_url, **kwargs)
@@ -73,8 +78,10 @@ async def test_submit_wait_download(emulator: EmulatorHandle, tmp_path: Path) ->
         result = await client.wait(submission.request_id)
         assert result.state == "completed"
         assert len(result.outputs.images) == 3 and result.partial(3) is None
-        files = [await client.download(url, tmp_path / f"{i}.png")
-                 for i, url in enumerate(result.outputs.images)]
+        files = [
+            await client.download(url, tmp_path / f"{i}.png")
+            for i, url in enumerate(result.outputs.images)
+        ]
     for got in files:
         data = got.path.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
@@ -95,8 +102,9 @@ async def test_wait_sees_queue_positions_then_running_then_completed(
         async with anyio.create_task_group() as tg:
             for sub in subs:
                 seen[sub.request_id] = []
-                tg.start_soon(lambda s=sub: client.wait(s.request_id,
-                                                        on_status=seen[s.request_id].append))
+                tg.start_soon(
+                    lambda s=sub: client.wait(s.request_id, on_status=seen[s.request_id].append)
+                )
     last = [(s.state, s.queue_position) for s in seen[subs[-1].request_id]]
     assert last[0] == ("in_queue", 1)
     assert ("in_queue", 0) in last and ("in_progress", None) in last
