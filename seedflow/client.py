@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import math
 import os
 import random
@@ -35,6 +36,7 @@ from .errors import (
     ApiError,
     AuthenticationError,
     DownloadError,
+    JobFailed,
     ModelRejected,
     NetworkError,
     RateLimited,
@@ -71,6 +73,8 @@ __all__ = [
     "resolve_base_url",
     "resolve_token",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://model-api.runcomfy.net"
 #: RunComfy publishes no rate limit; this keeps a large sweep polite by default.
@@ -183,6 +187,13 @@ class Result:
             return PartialOutputs(received=len(self.outputs), requested=requested)
         return None
 
+    def raise_for_failure(self) -> None:
+        """Raise :class:`JobFailed` (with the service's reason) if the job failed."""
+        if self.state == "failed":
+            raise JobFailed(
+                f"job {self.request_id} failed: {self.error}", request_id=self.request_id
+            )
+
 
 @dataclass(frozen=True)
 class CancelOutcome:
@@ -284,7 +295,15 @@ class _BearerAuth(httpx.Auth):
 
 
 class Client:
-    """Async client of the Model API; use as ``async with Client(...) as client:``."""
+    """Async client of the Model API; use as ``async with Client(...) as client:``.
+
+    ``token``: default ``RUNCOMFY_API_TOKEN`` (else ``RUNCOMFY_TOKEN``). ``base_url``: default
+    ``RUNCOMFY_BASE_URL``, else RunComfy's; plain http only for loopback. ``transport``: an httpx
+    transport for both the API and file downloads (tests pass a MockTransport).
+    ``max_requests_per_second``: one budget shared by every call and every concurrent
+    :meth:`wait` of this client (default 20; ``float("inf")`` for none). ``timeout``: seconds per
+    network operation.
+    """
 
     def __init__(
         self,
@@ -459,9 +478,9 @@ class Client:
                 attempt += 1
                 if not error.retryable or attempt >= self.retry.attempts:
                     raise
-                await self._sleep(
-                    self.retry.delay(attempt - 1, getattr(error, "retry_after", None))
-                )
+                delay = self.retry.delay(attempt - 1)
+                log.info("%s; retrying in %.2f s", error.message, delay)
+                await self._sleep(delay)
 
     async def _download_once(self, url: str, dest: Path) -> Download:
         where = describe_url(url) if url.startswith(("http://", "https://")) else "?"
@@ -541,7 +560,9 @@ class Client:
                 retry_after = error.retry_after if isinstance(error, RateLimited) else None
                 if retry_after is not None and retry_after > self.retry.max_retry_after:
                     raise
-                await self._sleep(self.retry.delay(attempt - 1, retry_after))
+                delay = self.retry.delay(attempt - 1, retry_after)
+                log.info("%s %s: %s; retrying in %.2f s", method, path, error.message, delay)
+                await self._sleep(delay)
 
     async def _call_once(
         self, method: str, path: str, json: Any, submit: bool, request_id: str | None

@@ -32,6 +32,7 @@ from seedflow.errors import (
     DownloadError,
     InputRejected,
     InsufficientBalance,
+    JobFailed,
     ModelRejected,
     NetworkError,
     RateLimited,
@@ -159,6 +160,15 @@ def test_plain_http_elsewhere_is_refused(url: str) -> None:
     with pytest.raises(UsageError) as info:
         resolve_base_url(url, {})
     assert "http" in info.value.format_message()
+
+
+async def test_base_url_path_prefix_is_kept() -> None:
+    recorder = Recorder(answers(ok(status="in_queue")))
+    transport = httpx.MockTransport(recorder)
+    async with Client(TOKEN, base_url=f"{API}/gateway/", transport=transport) as client:
+        await client.status("r1")
+    assert str(recorder.requests[0].url) == f"{API}/gateway/v1/requests/r1/status"
+    assert recorder.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
 
 
 def test_repr_never_shows_the_token() -> None:
@@ -474,6 +484,9 @@ async def test_unfinished_and_failed_results() -> None:
     assert (running.state, running.terminal, len(running.outputs)) == ("in_progress", False, 0)
     assert running.partial(3) is None
     assert failed.state == "failed" and failed.error == "NSFW filter"
+    running.raise_for_failure()
+    with pytest.raises(JobFailed, match="NSFW filter"):
+        failed.raise_for_failure()
 
 
 async def test_result_without_status_is_unexpected() -> None:
@@ -650,16 +663,24 @@ async def test_same_origin_redirect_keeps_the_token() -> None:
 async def test_token_never_in_logs_or_errors(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client, _ = make_client(
-        answers(httpx.Response(401, text=f"bad token {TOKEN}"), httpx.Response(200, text=TOKEN))
+        answers(
+            httpx.Response(401, text=f"bad token {TOKEN}"),
+            httpx.Response(200, text=TOKEN),
+            httpx.Response(500, text=f"crashed holding {TOKEN}"),  # retried: logged
+            httpx.Response(500, text=f"crashed holding {TOKEN}"),
+            httpx.Response(500, text=f"crashed holding {TOKEN}"),
+            httpx.Response(500, text=f"crashed holding {TOKEN}"),
+        )
     )
     errors: list[ApiError] = []
     async with client:
-        for _ in range(2):
+        for _ in range(3):
             try:
                 await client.status("r1")
             except ApiError as error:
                 errors.append(error)
-    assert [type(e) for e in errors] == [AuthenticationError, UnexpectedResponse]
+    assert [type(e) for e in errors] == [AuthenticationError, UnexpectedResponse, ServerError]
+    assert "retrying" in caplog.text
     for error in errors:
         assert TOKEN not in error.format_message() and TOKEN not in repr(error)
     assert caplog.records and TOKEN not in caplog.text
