@@ -557,7 +557,9 @@ class Client:
                 attempt += 1
                 if not _may_retry(error, submit) or attempt >= self.retry.attempts:
                     raise
-                retry_after = error.retry_after if isinstance(error, RateLimited) else None
+                retry_after = (
+                    error.retry_after if isinstance(error, (RateLimited, ServerError)) else None
+                )
                 if retry_after is not None and retry_after > self.retry.max_retry_after:
                     raise
                 delay = self.retry.delay(attempt - 1, retry_after)

@@ -241,6 +241,8 @@ class ServerError(ApiError):
     """The service failed (5xx)."""
 
     retryable = True
+    #: Seconds the service asked to wait (a 503's Retry-After), when it said.
+    retry_after: float | None = None
 
 
 class NetworkError(ApiError):

@@ -256,7 +256,10 @@ def raise_for_answer(
         if cls is InputRejected:
             detail = body.get("detail") if isinstance(body, dict) else None
             raise InputRejected(text, detail=detail, hint=hint, **fields)
-        raise cls(text, hint=hint, **fields)
+        error = cls(text, hint=hint, **fields)
+        if isinstance(error, ServerError):  # a 503 may say when to come back
+            error.retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise error
 
     if not 200 <= status < 300:
         raise UnexpectedResponse(f"unexpected answer from the API ({where}): {quoted}", **fields)

@@ -320,6 +320,15 @@ async def test_retry_after_is_honoured() -> None:
     assert rec.sleeps == [3.0]
 
 
+async def test_retry_after_on_503_is_honoured() -> None:
+    client, rec = make_client(
+        answers(httpx.Response(503, headers={"Retry-After": "2"}), ok(status="in_queue"))
+    )
+    async with client:
+        await client.status("r1")
+    assert rec.sleeps == [2.0]
+
+
 async def test_a_retry_after_beyond_the_cap_is_reported_not_slept() -> None:
     client, rec = make_client(answers(httpx.Response(429, headers={"Retry-After": "3600"})))
     async with client:
