@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from ..emulator import KINDS, EmulatorConfig, Faults, parse_fault, parse_range, run
@@ -88,6 +90,7 @@ def emulator_command(
             """    -d '{"text": "Generate 3 images of a beautiful sunset over a calm ocean."}'"""
         )
         click.echo(f"  curl {base_url}/v1/requests/REQUEST_ID/status -H 'Authorization: Bearer test'")
+        sys.stdout.flush()  # whoever reads a pipe learns the address now, not at exit
 
     try:
         run(config, host=host, port=port, on_start=announce)
