@@ -112,8 +112,11 @@ class _Expression:
             return self._evaluate(context)
         result = self._evaluate(context)
         if len(self._cache) >= _CACHE_LIMIT:
+            # too many distinct values for a cache to pay off: stop caching, keep memory flat
+            self._cacheable = False
             self._cache.clear()
-        self._cache[key] = result
+        else:
+            self._cache[key] = result
         return result
 
     def _evaluate(self, context: Mapping[str, Any]) -> Any:
@@ -136,6 +139,10 @@ class _Whole:
         return self._render(context)
 
 
+#: Variables that change from one job to the next within a matrix combination.
+PER_JOB = frozenset({"seed", "job"})
+
+
 @dataclass(frozen=True)
 class Template:
     """A compiled value template.
@@ -152,6 +159,11 @@ class Template:
     single: bool
     bare_name: str | None = None
 
+    @property
+    def per_job(self) -> bool:
+        """True when the value can differ between jobs of one combination (reads seed or job)."""
+        return not self.names.isdisjoint(PER_JOB)
+
     def render(self, context: Mapping[str, Any]) -> Any:
         """The template's value in ``context`` (raises Jinja2's errors)."""
         if self.single:
@@ -160,6 +172,23 @@ class Template:
         for part in self.parts:
             out.append(part if part.__class__ is str else str(part.evaluate(context)))
         return "".join(out)
+
+    def partial(self, context: Mapping[str, Any]) -> Template:
+        """This template with every part that does not read a per-job variable rendered.
+
+        Rendering the result per job then only evaluates the ``seed``/``job`` parts.
+        """
+        if self.single or not self.per_job:
+            return self
+        parts: list[Any] = []
+        for part in self.parts:
+            if part.__class__ is not str and PER_JOB.isdisjoint(part.names):
+                part = str(part.evaluate(context))
+            if part.__class__ is str and parts and parts[-1].__class__ is str:
+                parts[-1] += part
+            else:
+                parts.append(part)
+        return replace(self, parts=tuple(parts))
 
 
 def compile_template(env: SandboxedEnvironment, source: str, path: YamlPath | None = None) -> Template:
@@ -374,17 +403,28 @@ def apply_overrides(pipeline: Pipeline, overrides: Mapping[str, Any]) -> tuple[P
 # --- jobs --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RenderedJob:
-    """A job with its templates rendered, before model validation (see :mod:`seedflow.plan`)."""
+    """A job with its templates rendered, before model validation (see :mod:`seedflow.plan`).
+
+    ``shared`` holds the input fields that are the same for every job of the combination (the
+    very same dict object for all of them, so later stages can do per-combination work once);
+    ``own`` the fields that read ``seed`` or ``job``.
+    """
 
     index: int
     group: Group
     name: str
     variables: dict[str, Any]
-    input: dict[str, Any]
+    shared: dict[str, Any]
+    own: dict[str, Any]
     seed: int
     origins: Mapping[str, YamlPath]  # variable -> where its value is written
+
+    @property
+    def input(self) -> dict[str, Any]:
+        """The rendered input (without the model's defaults)."""
+        return {**self.shared, **self.own}
 
 
 @dataclass
@@ -484,13 +524,14 @@ class Expander:
         their problems collected (so one bad value does not hide the others)."""
         index = 0
         seen_names: set[str] = set()
-        pipeline_base = self.pipeline.name
         for compiled in self.groups:
             if compiled.broken:
                 continue
             group = compiled.group
             checked_keysets: dict[frozenset[str], bool] = {}
-            base = group.seeds.base if group.seeds.base is not None else pipeline_base
+            base = group.seeds.base if group.seeds.base is not None else self.pipeline.name
+            own_fields = [(f, v) for f, v in compiled.fields.items() if _per_job(v)]
+            uses_job = any("job" in t.names for _, t in _templates(compiled))
             for combo in self.combinations(compiled):
                 keyset = frozenset(combo.values)
                 ok = checked_keysets.get(keyset)
@@ -501,16 +542,46 @@ class Expander:
                 variables = {**group.vars, **combo.values}
                 seeds = group.seeds.values or (derived_seed(base, group.name, variables),)
                 origins = _variable_origins(group, combo)
+                shared = self._render_shared(compiled, variables, origins)
+                if shared is None:
+                    continue
+                shared_input, name_template, name_prefix = shared
                 for seed in seeds:
                     job_vars = {**variables, "seed": seed}
-                    context = {**job_vars, "job": _JobInfo(index, group.name)}
-                    rendered = self._render_job(compiled, context, job_vars, origins)
-                    if rendered is None:
-                        continue
-                    input_, name = rendered
-                    name = _unique(name, seen_names)
-                    yield RenderedJob(index, group, name, job_vars, input_, seed, origins)
+                    own: dict[str, Any] = {}
+                    if own_fields or name_template is not None:
+                        context = {**job_vars, "job": _JobInfo(index, group.name)} if uses_job else job_vars
+                        try:
+                            for field_, value in own_fields:
+                                own[field_] = _render(value, context)
+                            field_ = "job_name"
+                            name = (str(name_template.render(context)) if name_template
+                                    else f"{name_prefix}s{seed}")
+                        except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+                            self._report_render_error(compiled, field_, exc, job_vars)
+                            continue
+                    else:
+                        name = f"{name_prefix}s{seed}"
+                    yield RenderedJob(index, group, _unique(name, seen_names), job_vars,
+                                      shared_input, own, seed, origins)
                     index += 1
+
+    def _render_shared(
+        self, compiled: _CompiledGroup, variables: dict[str, Any], origins: Mapping[str, YamlPath]
+    ) -> tuple[dict[str, Any], Template | None, str] | None:
+        """Render, once per combination, everything that does not read ``seed`` or ``job``."""
+        field_ = "job_name"
+        try:
+            name_template = compiled.name.partial(variables) if compiled.name else None
+            prefix = "" if compiled.name else _default_name_prefix(compiled.group, variables)
+            shared: dict[str, Any] = {}
+            for field_, value in compiled.fields.items():
+                if not _per_job(value):
+                    shared[field_] = _render(value, variables)
+            return shared, name_template, prefix
+        except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+            self._report_render_error(compiled, field_, exc, variables)
+            return None
 
     def _check_names(self, compiled: _CompiledGroup, combo: Combination) -> bool:
         """Report variables that templates use but this combination does not define."""
@@ -531,31 +602,10 @@ class Expander:
                 self.problems.append(Problem(
                     f"undefined variable '{missing}' in template {template.source!r}",
                     file=self.pipeline.path, line=self.pipeline.positions.line(template.path),
-                    job=_group_label(group), variables=dict(combo.values) or None,
+                    job=_combo_label(group, combo), variables=dict(combo.values) or None,
                     field=field_, hint=hint,
                 ))
         return ok
-
-    def _render_job(
-        self,
-        compiled: _CompiledGroup,
-        context: dict[str, Any],
-        variables: dict[str, Any],
-        origins: Mapping[str, YamlPath],
-    ) -> tuple[dict[str, Any], str] | None:
-        field_ = "job_name"
-        try:
-            if compiled.name is not None:
-                name = str(compiled.name.render(context))
-            else:
-                name = _default_name(compiled.group, variables)
-            input_: dict[str, Any] = {}
-            for field_, value in compiled.fields.items():
-                input_[field_] = value.render(context) if value.__class__ is Template else _render(value, context)
-            return input_, name
-        except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
-            self._report_render_error(compiled, field_, exc, variables)
-            return None
 
     def _report_render_error(
         self, compiled: _CompiledGroup, field_: str, exc: Exception, variables: dict[str, Any]
@@ -585,6 +635,8 @@ class _Constant:
 
 
 def _render(value: Any, context: Mapping[str, Any]) -> Any:
+    if value.__class__ is Template:
+        return value.render(context)
     if value is None:
         raise ValueError("the template did not compile")
     if isinstance(value, Template):
@@ -621,12 +673,22 @@ def _variable_origins(group: Group, combo: Combination) -> dict[str, YamlPath]:
     return origins
 
 
-def _default_name(group: Group, variables: Mapping[str, Any]) -> str:
+def _default_name_prefix(group: Group, variables: Mapping[str, Any]) -> str:
+    """The name of a job when the pipeline gives no ``job_name``, up to the seed."""
     parts = [group.name] if group.name else []
-    parts += [slug(v) for k, v in variables.items() if k != "seed" and k not in group.vars
+    parts += [slug(v) for k, v in variables.items() if k not in group.vars
               and not isinstance(v, (dict, list))]
-    parts.append(f"s{variables['seed']}")
-    return "-".join(p for p in parts if p)
+    return "".join(f"{p}-" for p in parts if p)
+
+
+def _per_job(value: Any) -> bool:
+    if isinstance(value, Template):
+        return value.per_job
+    if isinstance(value, dict):
+        return any(_per_job(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_per_job(v) for v in value)
+    return False
 
 
 def _unique(name: str, seen: set[str]) -> str:
@@ -643,6 +705,11 @@ def _unique(name: str, seen: set[str]) -> str:
 
 def _sub(path: YamlPath | None, key: Any) -> YamlPath | None:
     return None if path is None else (*path, key)
+
+
+def _combo_label(group: Group, combo: Combination) -> str:
+    """A name for a job whose own name could not be rendered."""
+    return _default_name_prefix(group, {**group.vars, **combo.values}).rstrip("-") or "(first job)"
 
 
 def _group_label(group: Group) -> str | None:

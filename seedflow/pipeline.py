@@ -537,3 +537,52 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
 
 
 __all__ += ["read_text"]
+
+
+_STARTER = """{comment}
+# A seedflow pipeline. Reference: docs/pipeline-format.md
+# Check it:  seedflow validate {file}     Plan it:  seedflow plan {file}
+version: 1
+name: {name}
+model: bytedance/seedream-4-0/sequential   # `seedflow schema MODEL` lists its input fields
+
+# Variables every template can use.
+vars:
+  subject: a lighthouse on a cliff
+
+# The model input. Every string is a Jinja2 template; a value that is exactly one
+# {{{{ expression }}}} keeps its type (so the count below is an integer).
+# Seedream's rule: the prompt must say how many images, and that number must equal
+# sequential_image_generation_options (the price follows that field).
+input:
+  text: "Generate {{{{ count }}}} images of {{{{ subject }}}} at {{{{ time }}}}, cinematic light."
+  sequential_image_generation_options: "{{{{ count }}}}"
+  image_size: "{{{{ size }}}}"
+
+# The sweep: every combination of the axes becomes a job (include/exclude work as in
+# GitHub Actions).
+matrix:
+  time: [dawn, dusk]
+  size: ["2560:1440 (16:9)", "2048:2048 (1:1)"]
+  count: [3]
+
+# Every job runs once per seed; leave seeds out to get one seed per job derived from the name.
+seeds: [1]
+
+job_name: "{{{{ time }}}}-{{{{ size | slug }}}}-s{{{{ seed }}}}"
+"""
+
+
+def starter_pipeline(name: str) -> str:
+    """The text of a commented starter pipeline called ``name`` (it validates as is)."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or len(name) > 100:
+        from .errors import UsageError
+
+        raise UsageError(f"invalid pipeline name {name!r}",
+                         hint="use letters, digits, '.', '_' and '-' (it names the run folder)")
+    return _STARTER.format(comment=SCHEMA_COMMENT, name=name, file=f"pipelines/{name}.yaml")
+
+
+__all__ += ["starter_pipeline"]

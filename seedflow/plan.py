@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import jsonschema
 
@@ -28,6 +28,7 @@ __all__ = [
     "Job",
     "Plan",
     "Planner",
+    "Totals",
     "check_limits",
     "check_lock",
     "iter_jobs",
@@ -106,6 +107,10 @@ class Plan:
     def models(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(j.model for j in self.jobs))
 
+    def totals(self) -> Totals:
+        """Jobs, images and estimated cost."""
+        return Totals.of(self.jobs)
+
     def to_dict(self) -> dict[str, Any]:
         """The plan as plain JSON-able data (``seedflow plan --format json``)."""
         return {
@@ -118,6 +123,32 @@ class Plan:
             "warnings": [w.to_dict() for w in self.warnings],
             "jobs": [j.to_dict() for j in self.jobs],
         }
+
+
+@dataclass(frozen=True)
+class Totals:
+    """How big a plan is: jobs, requested images and their estimated cost."""
+
+    jobs: int
+    images: int
+    estimated_cost: float
+    currency: str
+
+    @property
+    def total_images(self) -> int:
+        return self.images
+
+    @classmethod
+    def of(cls, jobs: Iterable[Job]) -> Totals:
+        """Totals of ``jobs`` (consumed one by one: nothing is kept)."""
+        count = 0
+        images: dict[str, int] = {}
+        for job in jobs:
+            count += 1
+            images[job.model] = images.get(job.model, 0) + job.images
+        cost = round(sum(get_model(m).estimate_cost(n) for m, n in images.items()), 6)
+        currency = get_model(next(iter(images))).currency if images else "USD"
+        return cls(count, sum(images.values()), cost, currency)
 
 
 def _cost(jobs: Sequence[Job]) -> float:
@@ -221,13 +252,18 @@ class _InputChecker:
                 break
             self.predicates[name] = predicate
 
-    def errors(self, input: Mapping[str, Any]) -> list[jsonschema.ValidationError]:
-        """Every schema error of ``input`` (empty when valid)."""
+    def errors(
+        self, input: Mapping[str, Any], fields: Sequence[str] | None = None
+    ) -> list[jsonschema.ValidationError]:
+        """Every schema error of ``input`` (empty when valid).
+
+        ``fields``: only these fields can be wrong (the others were checked already).
+        """
         predicates = self.predicates
         if predicates is not None:
-            for name, value in input.items():
+            for name in input if fields is None else fields:
                 predicate = predicates.get(name)
-                if predicate is not None and not predicate(value):
+                if predicate is not None and not predicate(input[name]):
                     break
             else:
                 return []  # required keys and unknown fields are checked once per group
@@ -248,6 +284,12 @@ class _Problems:
         if entry is None:
             self._items[key] = [make(), 1]
         else:
+            entry[1] += 1
+
+    def bump(self, key: tuple[Any, ...]) -> None:
+        """Count one more job with an already reported problem."""
+        entry = self._items.get(key)
+        if entry is not None:
             entry[1] += 1
 
     def extend(self, problems: Sequence[Problem]) -> None:
@@ -272,6 +314,79 @@ class _GroupState:
     ok: bool = True
 
 
+_encode = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+).encode
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def _fast_json(value: Any) -> str:
+    kind = value.__class__
+    if kind is int:
+        return str(value)
+    if kind is str:
+        return _encode_str(value)
+    return _encode(value)
+
+
+class _IdMaker:
+    """Builds :func:`job_id` for inputs that differ only in a few known fields.
+
+    The canonical JSON of the unchanging fields is encoded once; per job only the changing
+    values are encoded and spliced in. The result is identical to :func:`job_id`.
+    """
+
+    def __init__(self, model: str, body: Mapping[str, Any], own: Sequence[str]) -> None:
+        own_set = set(own)
+        segments: list[str | tuple[str]] = []
+        text = '{"input":{'
+        for i, key in enumerate(sorted({*body, *own_set})):
+            text += ("," if i else "") + _encode_str(key) + ":"
+            if key in own_set:
+                segments.append(text)
+                segments.append((key,))
+                text = ""
+            else:
+                text += _fast_json(body[key])
+        segments.append(text + '},"model":' + _encode_str(model) + "}")
+        self.segments = segments
+
+    def __call__(self, body: Mapping[str, Any]) -> str:
+        text = "".join([s if s.__class__ is str else _fast_json(body[s[0]]) for s in self.segments])
+        return "j" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass
+class _Combo:
+    """Per matrix combination work, done once for all of its seeds."""
+
+    shared: dict[str, Any]
+    body: dict[str, Any]
+    own_keys: tuple[str, ...]
+    fill_seed: str | None
+    make_id: _IdMaker
+    images: int | None
+    count_shared: bool
+    count_checked: bool | None = None
+    count_key: tuple[Any, ...] | None = None
+    failed: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, state: _GroupState, rendered: RenderedJob) -> _Combo:
+        spec = state.spec
+        body = {**state.defaults, **rendered.shared}
+        own = list(rendered.own)
+        fill_seed = None
+        if spec.seed_field and spec.seed_field not in body and spec.seed_field not in own:
+            fill_seed = spec.seed_field
+            own.append(fill_seed)
+        count_own = spec.count_field in own
+        images = None if count_own else spec.image_count(body)
+        count_shared = not count_own and spec.prompt_field not in own
+        return cls(rendered.shared, body, tuple(own), fill_seed,
+                   _IdMaker(spec.model_id, {**body, **rendered.own}, own), images, count_shared)
+
+
 class Planner:
     """Plans a pipeline job by job; :meth:`jobs` streams, :attr:`problems` holds what was found.
 
@@ -294,10 +409,11 @@ class Planner:
         self.max_jobs = max_jobs
         self.expander = Expander(pipeline)
         self.axes: dict[str, list[Any]] = {}
-        self._seen_axis_values: dict[str, set[str]] = {}
+        self._seen_axis_values: dict[str, set[Any]] = {}
         self._states = {id(g): self._group_state(g) for g in pipeline.groups}
         self._count_cache: dict[str, int | None] = {}
         self._axis_keys: dict[int, set[str]] = {}
+        self._combo: _Combo | None = None
         self.finished = False
 
     # problems -----------------------------------------------------------------------------
@@ -346,15 +462,14 @@ class Planner:
                     hint=did_you_mean(name, known) or f"fields: {', '.join(known)}",
                     file=self.pipeline.path, line=self.pipeline.positions.key_line(path or ()),
                 )])
-                state.ok = False
+                # keep checking the other fields: every problem is reported at once
         for name in spec.input_schema.get("required", []):
             if name not in group.input and name not in state.defaults:
                 self._problems.extend([Problem(
                     f"missing required input field '{name}' of {spec.model_id}",
                     field=f"input.{name}", job=_label(group), hint=f"add `{name}:` under `input:`",
-                    **self._where(group.origins.get("input.text") and ("input",)),
+                    **self._where(("input",) if group.input else None),
                 )])
-                state.ok = False
         return state
 
     # jobs ---------------------------------------------------------------------------------
@@ -401,24 +516,43 @@ class Planner:
         self.finished = True
 
     def _job(self, state: _GroupState, rendered: RenderedJob) -> Job | None:
+        combo = self._combo
+        if combo is None or combo.shared is not rendered.shared:
+            combo = self._combo = _Combo.start(state, rendered)
+            first = True
+        else:
+            first = False
+        if combo.failed:  # a field shared by the whole combination is wrong: counted, not re-reported
+            for key in combo.failed:
+                self._problems.bump(key)
+            return None
         spec = state.spec
-        body = {**state.defaults, **rendered.input}
+        body = combo.body.copy()
+        if rendered.own:
+            body.update(rendered.own)
         seed = rendered.seed
-        if spec.seed_field:
+        if combo.fill_seed:
+            body[combo.fill_seed] = seed
+        elif spec.seed_field:
             given = body.get(spec.seed_field)
-            if given is None:
-                body[spec.seed_field] = seed
-            elif isinstance(given, int) and not isinstance(given, bool):
+            if isinstance(given, int) and not isinstance(given, bool):
                 seed = given
-        errors = state.checker.errors(body)
+        errors = state.checker.errors(body) if first else state.checker.errors(body, combo.own_keys)
         if errors:
-            self._report_schema_errors(state, rendered, body, errors)
+            keys = self._report_schema_errors(state, rendered, body, errors)
+            if first:
+                combo.failed = [k for k, name in keys if name not in combo.own_keys]
             return None
-        images = spec.image_count(body)
-        if spec.count_must_match_prompt and not self._check_count(state, rendered, body, images):
-            return None
+        images = combo.images if combo.images is not None else spec.image_count(body)
+        if spec.count_must_match_prompt:
+            if combo.count_checked is None or not combo.count_shared:
+                combo.count_checked = self._check_count(state, rendered, body, images)
+            if not combo.count_checked:
+                if combo.count_shared and combo.count_key is not None and not first:
+                    self._problems.bump(combo.count_key)
+                return None
         return Job(
-            job_id(spec.model_id, body), rendered.name, rendered.index, rendered.group.name,
+            combo.make_id(body), rendered.name, rendered.index, rendered.group.name,
             spec.model_id, rendered.variables, body, seed, images,
         )
 
@@ -454,7 +588,10 @@ class Planner:
         if stated == images:
             return True
         in_input = count_field in rendered.input
-        self._problems.add(("count", group.name, stated, images), lambda: Problem(
+        key = ("count", group.name, stated, images)
+        if self._combo is not None:
+            self._combo.count_key = key
+        self._problems.add(key, lambda: Problem(
             f"the prompt asks for {stated} images but {count_field} is {images}"
             + ("" if in_input else " (its default)"),
             job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
@@ -469,9 +606,13 @@ class Planner:
     def _report_schema_errors(
         self, state: _GroupState, rendered: RenderedJob, body: Mapping[str, Any],
         errors: list[jsonschema.ValidationError],
-    ) -> None:
+    ) -> list[tuple[tuple[Any, ...], str | None]]:
         group = rendered.group
+        keys = []
+        typed = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
         for error in errors:
+            if error.validator != "type" and tuple(error.absolute_path) in typed:
+                continue  # "must be an integer" says it all; "not one of 1..15" adds noise
             path = list(error.absolute_path)
             name = str(path[0]) if path else None
             field_ = f"input.{name}" if name else "input"
@@ -484,6 +625,8 @@ class Planner:
                 hint=_schema_hint(error, value),
                 **self._where(origin),
             ))
+            keys.append((key, name))
+        return keys
 
     def _value_origin(self, state: _GroupState, rendered: RenderedJob, name: str | None) -> YamlPath | None:
         """Where the bad value is written: the variable's value for ``"{{ var }}"``, else the
@@ -509,7 +652,7 @@ class Planner:
 
     def _add_axis_value(self, name: str, value: Any) -> None:
         seen = self._seen_axis_values.setdefault(name, set())
-        key = canonical_json(value)
+        key = _hashable(value)
         if key not in seen:
             seen.add(key)
             self.axes.setdefault(name, []).append(value)
@@ -582,8 +725,10 @@ def _schema_hint(error: jsonschema.ValidationError, value: Any) -> str | None:
             return f"allowed: {min(allowed)} to {max(allowed)}"
         return "allowed: " + ", ".join(repr(a) for a in allowed)
     if error.validator == "type" and error.validator_value == "integer" and isinstance(value, str):
-        return "a template that is exactly one '{{ expression }}' keeps its type: write \"{{ count }}\" " \
-               "with nothing around it, or a plain number"
+        if value.strip().lstrip("-").isdigit():
+            return ("a template keeps its type only when it is exactly one '{{ expression }}': "
+                    "remove the text around it, or write a plain number")
+        return "use a whole number"
     if error.validator == "maxLength":
         return "shorten the prompt"
     return None
@@ -652,7 +797,7 @@ def plan_file(
     return plan_pipeline(load_pipeline(path), overrides=overrides, max_jobs=max_jobs)
 
 
-def check_limits(plan: Plan, *, max_images: int | None = None, max_cost: float | None = None) -> None:
+def check_limits(plan: Plan | Totals, *, max_images: int | None = None, max_cost: float | None = None) -> None:
     """Refuse a plan that asks for more images or money than the user allows."""
     if max_images is not None and plan.total_images > max_images:
         raise LimitExceeded(

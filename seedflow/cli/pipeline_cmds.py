@@ -1,7 +1,262 @@
-"""CLI commands: validate, plan, init, models, schema."""
+"""CLI commands: validate, plan, init, models, schema.
+
+Thin: each command parses its options and calls :mod:`seedflow.plan`, :mod:`seedflow.pipeline`
+or :mod:`seedflow.models`; errors are :class:`~seedflow.errors.SeedflowError` s that the group
+prints without a traceback.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
 import click
 
-commands: list[click.Command] = []
+from ..errors import Problem, UsageError
+from ..models import ModelSpec, get_model, list_models, schema_path
+from ..pipeline import starter_pipeline
+from ..plan import (
+    DEFAULT_MAX_JOBS,
+    Job,
+    Plan,
+    Totals,
+    check_limits,
+    check_lock,
+    iter_jobs,
+    plan_file,
+    write_lock,
+)
+
+_set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+    help="Override a matrix axis, a var, input.FIELD, seeds or seed_base for this run "
+    "(value read as YAML: --set count=4, --set 'mood=[calm, stormy]'). Repeatable.",
+)
+_max_jobs_option = click.option(
+    "--max-jobs", type=click.IntRange(min=1), default=DEFAULT_MAX_JOBS, show_default=True,
+    help="Refuse a sweep with more jobs than this.",
+)
+
+
+def _echo_warnings(problems: Iterable[Problem]) -> None:
+    for problem in problems:
+        click.echo(problem.format(), err=True)
+
+
+# --- validate ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@_set_option
+@_max_jobs_option
+@click.option("--locked", is_flag=True, help="Also fail if the pipeline no longer expands to its lock file.")
+def validate(pipelines: Sequence[str], overrides: Sequence[str], max_jobs: int, locked: bool) -> None:
+    """Check pipelines without sending anything: structure, templates, model schema, count rule.
+
+    \b
+    Every problem is reported (file:line, job, field, fix); exit status 1 if any is an error.
+    Example:
+      seedflow validate pipelines/*.yaml
+    """
+    for path in pipelines:
+        plan = plan_file(path, overrides=list(overrides), max_jobs=max_jobs)
+        _echo_warnings(plan.warnings)
+        if locked:
+            check_lock(plan)
+        click.echo(f"{path}: ok, {_summary(plan.totals())}" + (", matches its lock file" if locked else ""))
+
+
+def _summary(totals: Totals) -> str:
+    jobs = "job" if totals.jobs == 1 else "jobs"
+    return (f"{totals.jobs} {jobs}, {totals.images} images, "
+            f"estimated {totals.estimated_cost:.2f} {totals.currency}")
+
+
+# --- plan --------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@_set_option
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "jsonl"]), default="table",
+              show_default=True, help="table for people; json (the whole plan) or jsonl (one job "
+              "per line, streamed) for machines.")
+@_max_jobs_option
+@click.option("--max-images", type=click.IntRange(min=0), default=None, help="Refuse a plan with more images.")
+@click.option("--max-cost", type=click.FloatRange(min=0), default=None,
+              help="Refuse a plan whose estimated cost is higher.")
+@click.option("--lock", is_flag=True, help="Write <pipeline>.lock.json beside the pipeline.")
+def plan(
+    pipeline: str,
+    overrides: Sequence[str],
+    fmt: str,
+    max_jobs: int,
+    max_images: int | None,
+    max_cost: float | None,
+    lock: bool,
+) -> None:
+    """Expand a pipeline into jobs and show them with totals (nothing is sent).
+
+    \b
+    Examples:
+      seedflow plan pipelines/sunset-study.yaml
+      seedflow plan pipelines/sunset-study.yaml --set mood=stormy --format json
+      seedflow plan pipelines/sunset-study.yaml --lock
+    """
+    if fmt == "jsonl":
+        if lock:
+            raise UsageError("--lock needs the whole plan: use it with --format table or json")
+        _stream_jsonl(pipeline, overrides, max_jobs, max_images, max_cost)
+        return
+    result = plan_file(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+    check_limits(result.totals(), max_images=max_images, max_cost=max_cost)
+    _echo_warnings(result.warnings)
+    if fmt == "json":
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        _print_table(result)
+    if lock:
+        path = write_lock(result)
+        click.echo(f"wrote {path}", err=fmt == "json")
+
+
+def _stream_jsonl(
+    pipeline: str, overrides: Sequence[str], max_jobs: int, max_images: int | None, max_cost: float | None
+) -> None:
+    """One job per line as it is planned: memory does not grow with the number of jobs."""
+    if max_images is not None or max_cost is not None:
+        # a limit must refuse the plan before any line is printed: count first (no output kept)
+        planner = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+        totals = Totals.of(planner.jobs())
+        planner.raise_for_errors()
+        check_limits(totals, max_images=max_images, max_cost=max_cost)
+    planner = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+    write = sys.stdout.write
+    dumps = json.JSONEncoder(ensure_ascii=False, default=str).encode
+    for job in planner.jobs():
+        write(dumps(job.to_dict()))
+        write("\n")
+    sys.stdout.flush()
+    _echo_warnings(planner.warnings)
+    planner.raise_for_errors()
+
+
+def _print_table(result: Plan) -> None:
+    axes = [a for a in result.axes if a != "seed"]
+    rows = [("#", "job", "variables", "images", "seed")]
+    for job in result.jobs:
+        shown = " ".join(f"{a}={_short(job.variables[a])}" for a in axes if a in job.variables)
+        rows.append((str(job.index), job.name, shown, str(job.images), str(job.seed)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [c.rjust(w) if i in (0, 3, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        click.echo("  ".join(cells).rstrip())
+    totals = result.totals()
+    click.echo(f"\n{result.pipeline_name}: {_summary(totals)}")
+    models = {get_model(j.model).price_note for j in result.jobs}
+    for note in sorted(n for n in models if n):
+        click.echo(f"  ({note})")
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --- init --------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("name")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default="pipelines",
+              show_default=True, help="Where to write NAME.yaml.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(name: str, directory: str, force: bool) -> None:
+    """Write a commented starter pipeline NAME.yaml that validates.
+
+    \b
+    Example:
+      seedflow init product-shots && seedflow plan pipelines/product-shots.yaml
+    """
+    text = starter_pipeline(name)
+    path = Path(directory) / f"{name}.yaml"
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists", hint="choose another NAME, or pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}; next: seedflow plan {path}")
+
+
+# --- models and schema -------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def models(as_json: bool) -> None:
+    """List the bundled models: id, price estimate and input fields.
+
+    \b
+    Example:
+      seedflow models
+    """
+    specs = list_models()
+    if as_json:
+        data = [{"model": s.model_id, "title": s.title, "price_per_image": s.price_per_image,
+                 "currency": s.currency, "fields": list(s.properties)} for s in specs]
+        click.echo(json.dumps(data, indent=2))
+        return
+    for spec in specs:
+        click.echo(f"{spec.model_id}  {spec.title}")
+        click.echo(f"  price: ~{spec.price_per_image} {spec.currency} per image ({spec.price_note})")
+        click.echo(f"  fields: {', '.join(spec.properties)}")
+        click.echo(f"  details: seedflow schema {spec.model_id}")
+
+
+@click.command()
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the input JSON Schema itself.")
+def schema(model: str, as_json: bool) -> None:
+    """Show a model's input fields: type, allowed values, default, whether required.
+
+    \b
+    Example:
+      seedflow schema bytedance/seedream-4-0/sequential
+    """
+    spec = get_model(model)
+    if as_json:
+        click.echo(json.dumps(spec.input_schema, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"{spec.model_id}  {spec.title}")
+    click.echo(f"input schema: {schema_path(spec.files[1])}" if len(spec.files) > 1 else "")
+    for line in describe_fields(spec):
+        click.echo(line)
+
+
+def describe_fields(spec: ModelSpec) -> list[str]:
+    """One block of text per input field of ``spec``."""
+    required = set(spec.input_schema.get("required", []))
+    roles = {spec.prompt_field: "the prompt", spec.count_field: "the image count (billed)",
+             spec.seed_field: "the seed (seedflow fills it in)", spec.size_field: "the image size"}
+    lines = []
+    for name, sub in spec.properties.items():
+        kind = sub.get("type", "any")
+        head = f"\n{name}  ({kind}{', required' if name in required else ''})"
+        if name in roles:
+            head += f"  - {roles[name]}"
+        lines.append(head)
+        if sub.get("description"):
+            lines.append(f"  {sub['description']}")
+        if "enum" in sub:
+            lines.append("  allowed: " + ", ".join(json.dumps(v, ensure_ascii=False) for v in sub["enum"]))
+        for key in ("minimum", "maximum", "minLength", "maxLength"):
+            if key in sub:
+                lines.append(f"  {key}: {sub[key]}")
+        if "default" in sub:
+            lines.append(f"  default: {json.dumps(sub['default'], ensure_ascii=False)}")
+    return lines
+
+
+commands: list[click.Command] = [validate, plan, init, models, schema]
