@@ -44,6 +44,7 @@ from .errors import (
     ServerError,
     SubmitOutcomeUnknown,
     UnexpectedResponse,
+    UsageError,
 )
 from .http import (
     certainly_not_sent,
@@ -261,8 +262,6 @@ class _RateLimiter:
     """
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if not rate > 0:
-            raise ValueError("max_requests_per_second must be positive")
         self.interval = 0.0 if math.isinf(rate) else 1.0 / rate
         self._clock = clock
         self._next = -math.inf
@@ -322,7 +321,17 @@ class Client:
         self.base_url = resolve_base_url(base_url)
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()
-        self.max_requests_per_second = max_requests_per_second or DEFAULT_MAX_REQUESTS_PER_SECOND
+        rate = (
+            DEFAULT_MAX_REQUESTS_PER_SECOND
+            if max_requests_per_second is None
+            else (max_requests_per_second)
+        )
+        if not rate > 0:
+            raise UsageError(
+                f"max requests per second must be positive, not {max_requests_per_second}",
+                hint='use float("inf") for no limit',
+            )
+        self.max_requests_per_second = rate
         self._limiter = _RateLimiter(self.max_requests_per_second)
         self._token = token
         # Tests replace this to observe back-off without waiting.
@@ -483,9 +492,14 @@ class Client:
                 await self._sleep(delay)
 
     async def _download_once(self, url: str, dest: Path) -> Download:
-        where = describe_url(url) if url.startswith(("http://", "https://")) else "?"
-        if where == "?":
-            raise _download_error(f"output URL is not http(s): {url[:40]}", retryable=False)
+        try:
+            parsed = httpx.URL(url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ValueError(url)
+        except (httpx.InvalidURL, ValueError):
+            shown = url.split("?", 1)[0][:80]  # never a query string: it may carry a signature
+            raise _download_error(f"not an http(s) output URL: {shown}", retryable=False) from None
+        where = describe_url(parsed)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(

@@ -171,6 +171,12 @@ async def test_base_url_path_prefix_is_kept() -> None:
     assert recorder.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
 
 
+@pytest.mark.parametrize("rate", [0, -1.0, float("nan")])
+def test_a_request_rate_must_be_positive(rate: float) -> None:
+    with pytest.raises(UsageError, match="positive"):
+        Client(TOKEN, base_url=API, max_requests_per_second=rate)
+
+
 def test_repr_never_shows_the_token() -> None:
     client, _ = make_client(answers(ok()))
     assert TOKEN not in repr(client)
@@ -787,3 +793,13 @@ async def test_a_failed_download_keeps_an_existing_file(tmp_path: Path) -> None:
         with pytest.raises(DownloadError):
             await client.download(FILE_URL, dest)
     assert dest.read_bytes() == b"previous"
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "https://", "ftp://h.test/x?sig=s3cr3t", ""])
+async def test_download_refuses_urls_that_are_not_http(tmp_path: Path, url: str) -> None:
+    client, rec = make_client(file_host(httpx.Response(200, content=PNG)))
+    async with client:
+        with pytest.raises(DownloadError, match="not an http") as info:
+            await client.download(url, tmp_path / "0.png")
+    assert "s3cr3t" not in str(info.value)
+    assert rec.requests == [] and list(tmp_path.iterdir()) == []
