@@ -38,7 +38,9 @@ def _pin(core: int) -> None:
 # --- load generator (runs in the child process) -----------------------------------------------
 
 
-async def _worker(host: str, port: int, paths: list[str], deadline: float, counts: list[int]) -> None:
+async def _worker(
+    host: str, port: int, paths: list[str], deadline: float, counts: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     requests = [
         f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer bench\r\n\r\n".encode()
@@ -93,7 +95,9 @@ def _measure(base_url: str, paths: list[str], seconds: float, connections: int) 
     host, port = base_url.removeprefix("http://").split(":")
     command = [sys.executable, __file__, "--child", "--host", host, "--port", port,
                "--seconds", str(seconds), "--connections", str(connections)]  # fmt: skip
-    done = subprocess.run(command, input=json.dumps(paths), capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        command, input=json.dumps(paths), capture_output=True, text=True, check=True
+    )
     return float(json.loads(done.stdout)["rate"])
 
 
@@ -128,8 +132,12 @@ def main() -> None:
                                args.seconds, args.connections)  # fmt: skip
         calls = emu.stats.status_calls
 
-    print(f"emulator on one core, {args.connections} keep-alive connections, {args.seconds:g} s each")
-    print(f"  status: {status_rate:8.0f} req/s  ({status_rate / TARGET:.2f}x the {TARGET:.0f} req/s target)")
+    print(
+        f"emulator on one core, {args.connections} keep-alive connections, {args.seconds:g} s each"
+    )
+    print(
+        f"  status: {status_rate:8.0f} req/s  ({status_rate / TARGET:.2f}x the {TARGET:.0f} req/s target)"
+    )
     print(f"  result: {result_rate:8.0f} req/s")
     print(f"  status calls counted by the emulator: {calls}")
     if status_rate < TARGET:

@@ -156,7 +156,11 @@ def test_cancel_is_a_no_op_once_running_or_finished(
         rid = submit(c)
         r = c.post(f"/v1/requests/{rid}/cancel")
         assert r.status_code == 202
-        assert r.json() == {"request_id": rid, "status": "in_progress", "outcome": "not_cancellable"}
+        assert r.json() == {
+            "request_id": rid,
+            "status": "in_progress",
+            "outcome": "not_cancellable",
+        }
         wait_until(lambda: state_of(c, rid)["status"] == "completed")
         assert c.post(f"/v1/requests/{rid}/cancel").json()["outcome"] == "not_cancellable"
         assert emu.requests[rid].state == "completed"
@@ -350,7 +354,9 @@ def test_429_with_and_without_retry_after(emulator: EmulatorHandle, api: httpx.C
 
 @pytest.mark.parametrize("code", [500, 503])
 @pytest.mark.parametrize("endpoint", ["status", "result", "cancel"])
-def test_server_errors(emulator: EmulatorHandle, api: httpx.Client, code: int, endpoint: str) -> None:
+def test_server_errors(
+    emulator: EmulatorHandle, api: httpx.Client, code: int, endpoint: str
+) -> None:
     rid = submit(api)
     emulator.config.faults.add(endpoint, str(code), next=1)
     method = "POST" if endpoint == "cancel" else "GET"
@@ -447,8 +453,12 @@ def test_failing_jobs(emulator: EmulatorHandle, api: httpx.Client) -> None:
 @pytest.mark.parametrize(("asked", "got"), [(5, 2), (2, 1), (1, 0)])
 def test_partial_results(emulator: EmulatorHandle, api: httpx.Client, asked: int, got: int) -> None:
     emulator.config.faults.add("job", "partial")
-    rid = submit(api, body(asked) if asked > 1 else {"text": "Generate 1 image of a cat",
-                                                     "sequential_image_generation_options": 1})
+    rid = submit(
+        api,
+        body(asked)
+        if asked > 1
+        else {"text": "Generate 1 image of a cat", "sequential_image_generation_options": 1},
+    )
     wait_until(lambda: emulator.requests[rid].terminal)
     result = api.get(f"/v1/requests/{rid}/result").json()
     assert result["status"] == "succeeded" and len(result["output"]["images"]) == got
@@ -475,7 +485,9 @@ def test_fault_triggers_every_next_and_rate() -> None:
     ]  # fmt: skip
     assert faults.pick("result", rng) is None
     always, never = Fault("job", "fail"), Fault("job", "fail", rate=0.0)
-    assert all(always.fires(rng) for _ in range(20)) and not any(never.fires(rng) for _ in range(20))
+    assert all(always.fires(rng) for _ in range(20)) and not any(
+        never.fires(rng) for _ in range(20)
+    )
     some = Fault("job", "fail", rate=0.3)
     hits = sum(some.fires(rng) for _ in range(2000))
     assert 450 < hits < 750

@@ -69,7 +69,9 @@ def finish(emu: EmulatorHandle, rid: str) -> None:
         time.sleep(0.01)
 
 
-def test_submit_answers_the_four_documented_fields(emulator: EmulatorHandle, api: httpx.Client) -> None:
+def test_submit_answers_the_four_documented_fields(
+    emulator: EmulatorHandle, api: httpx.Client
+) -> None:
     submit(api, emulator)
 
 
@@ -77,12 +79,19 @@ def test_status_shapes_per_state(slow: EmulatorHandle) -> None:
     with connect(slow) as c:
         running, queued, cancelled = (submit(c, slow) for _ in range(3))
         c.post(cancelled["cancel_url"])
-        for sub, state in [(running, "in_progress"), (queued, "in_queue"), (cancelled, "cancelled")]:
+        for sub, state in [
+            (running, "in_progress"),
+            (queued, "in_queue"),
+            (cancelled, "cancelled"),
+        ]:
             data = json_of(c.get(sub["status_url"]), 200)
             keys = STATUS_KEYS | ({"queue_position"} if state == "in_queue" else set())
             assert set(data) == keys
             assert data["status"] == state and data["request_id"] == sub["request_id"]
-            assert (data["status_url"], data["result_url"]) == (sub["status_url"], sub["result_url"])
+            assert (data["status_url"], data["result_url"]) == (
+                sub["status_url"],
+                sub["result_url"],
+            )
         assert json_of(c.get(queued["status_url"]), 200)["queue_position"] == 0
 
 
@@ -146,7 +155,11 @@ def test_states_stay_within_the_documented_sets(slow: EmulatorHandle) -> None:
         (lambda c: c.get("/v1/requests/missing/status"), 404, 404001),
         (lambda c: c.get("/v1/requests/missing/result"), 404, 404001),
         (lambda c: c.post("/v1/requests/missing/cancel"), 404, 404001),
-        (lambda c: c.get("/v1/requests/missing/status", headers={"Authorization": ""}), 401, 400004),
+        (
+            lambda c: c.get("/v1/requests/missing/status", headers={"Authorization": ""}),
+            401,
+            400004,
+        ),
     ],
 )
 def test_error_bodies_carry_error_code_and_message(
@@ -157,7 +170,9 @@ def test_error_bodies_carry_error_code_and_message(
     assert data["error_code"] == code and isinstance(data["error_message"], str)
 
 
-def test_insufficient_balance_is_402_with_400002(emulator: EmulatorHandle, api: httpx.Client) -> None:
+def test_insufficient_balance_is_402_with_400002(
+    emulator: EmulatorHandle, api: httpx.Client
+) -> None:
     emulator.config.faults.balance = 0
     data = json_of(api.post(f"/v1/models/{MODEL}", json=BODY), 402)
     assert set(data) == {"error_code", "error_message"} and data["error_code"] == 400002

@@ -30,22 +30,58 @@ def _fault_help() -> str:
 @click.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port (0 = any free port).")
-@click.option("--queue-time", default="0.5", show_default=True, callback=_range,
-              metavar="S[-S]", help="Seconds a job waits in the queue (fixed or MIN-MAX).")
-@click.option("--processing-time", default="2-4", show_default=True, callback=_range,
-              metavar="S[-S]", help="Seconds a job runs (fixed or MIN-MAX).")
-@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(min=1),
-              help="Jobs running at once; the rest wait in the queue.")
+@click.option(
+    "--queue-time",
+    default="0.5",
+    show_default=True,
+    callback=_range,
+    metavar="S[-S]",
+    help="Seconds a job waits in the queue (fixed or MIN-MAX).",
+)
+@click.option(
+    "--processing-time",
+    default="2-4",
+    show_default=True,
+    callback=_range,
+    metavar="S[-S]",
+    help="Seconds a job runs (fixed or MIN-MAX).",
+)
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Jobs running at once; the rest wait in the queue.",
+)
 @click.option("--full-size", is_flag=True, help="Serve images at the requested size, not 256 px.")
-@click.option("--seed", default=0, show_default=True, type=int,
-              help="Seed of the emulator's own randomness (timing, faults, request ids).")
-@click.option("--token", envvar="SEEDFLOW_EMULATOR_TOKEN", default=None, metavar="TOKEN",
-              help="Accept only this bearer token (env SEEDFLOW_EMULATOR_TOKEN; default: any).")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the emulator's own randomness (timing, faults, request ids).",
+)
+@click.option(
+    "--token",
+    envvar="SEEDFLOW_EMULATOR_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="Accept only this bearer token (env SEEDFLOW_EMULATOR_TOKEN; default: any).",
+)
 @click.option("--fault", "faults", multiple=True, metavar="SPEC", help=_fault_help())
-@click.option("--balance", type=click.IntRange(min=0), default=None,
-              help="Submits accepted before the balance runs out (then 402, error_code 400002).")
-@click.option("--file-ttl", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
-              help="Output URLs expire this long after a job completes (then 403).")
+@click.option(
+    "--balance",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Submits accepted before the balance runs out (then 402, error_code 400002).",
+)
+@click.option(
+    "--file-ttl",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Output URLs expire this long after a job completes (then 403).",
+)
 def emulator_command(
     host: str,
     port: int,
@@ -89,14 +125,18 @@ def emulator_command(
             '    -H "Authorization: Bearer test" -H "Content-Type: application/json" \\\n'
             """    -d '{"text": "Generate 3 images of a beautiful sunset over a calm ocean."}'"""
         )
-        click.echo(f"  curl {base_url}/v1/requests/REQUEST_ID/status -H 'Authorization: Bearer test'")
+        click.echo(
+            f"  curl {base_url}/v1/requests/REQUEST_ID/status -H 'Authorization: Bearer test'"
+        )
         sys.stdout.flush()  # whoever reads a pipe learns the address now, not at exit
 
     try:
         run(config, host=host, port=port, on_start=announce)
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="choose another --port, or --port 0 for any free one") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="choose another --port, or --port 0 for any free one",
+        ) from None
     except KeyboardInterrupt:
         pass
 

@@ -25,7 +25,7 @@ from .faults import Fault
 from .images import image_dimensions, render_png
 from .state import COMPLETED, FAILED, IN_QUEUE, RequestRecord, Scheduler, Stats, canonical_json
 
-__all__ = ["create_app", "EmulatorState"]
+__all__ = ["EmulatorState", "create_app"]
 
 # RunComfy's documented error codes.
 MODEL_UNKNOWN, NO_BALANCE, BAD_TOKEN, NOT_FOUND = 400001, 400002, 400004, 404001
@@ -197,7 +197,9 @@ def _validate(spec: ModelSpec, body: Any) -> list[dict[str, Any]]:
         return [{"loc": ["body"], "msg": "the body must be a JSON object", "type": "type_error"}]
     detail = [
         {"loc": ["body", *error.absolute_path], "msg": error.message, "type": error.validator}
-        for error in sorted(spec.validator().iter_errors(body), key=lambda e: list(map(str, e.path)))
+        for error in sorted(
+            spec.validator().iter_errors(body), key=lambda e: list(map(str, e.path))
+        )
     ]
     if detail or not (spec.count_must_match_prompt and spec.prompt_field and spec.count_field):
         return detail
@@ -213,7 +215,9 @@ def _validate(spec: ModelSpec, body: Any) -> list[dict[str, Any]]:
     return detail
 
 
-def _new_record(state: EmulatorState, spec: ModelSpec, body: dict[str, Any], base: str) -> RequestRecord:
+def _new_record(
+    state: EmulatorState, spec: ModelSpec, body: dict[str, Any], base: str
+) -> RequestRecord:
     scheduler = state.scheduler
     seed = body.get(spec.seed_field) if spec.seed_field else None
     if not isinstance(seed, int):
@@ -252,7 +256,9 @@ def create_app(config: EmulatorConfig | None = None, *, base_url: str | None = N
         try:
             spec = get_model(request.path_params["model_id"])
         except UnknownModelError as exc:
-            return _error(400, f"{exc.message}; {exc.hint}" if exc.hint else exc.message, MODEL_UNKNOWN)
+            return _error(
+                400, f"{exc.message}; {exc.hint}" if exc.hint else exc.message, MODEL_UNKNOWN
+            )
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
@@ -328,7 +334,11 @@ def create_app(config: EmulatorConfig | None = None, *, base_url: str | None = N
         if record is None or record.state != COMPLETED or index >= len(record.image_urls):
             return Response("Not Found", status_code=404, media_type="text/plain")
         ttl = state.config.faults.file_ttl
-        if ttl is not None and record.completed is not None and time.time() - record.completed > ttl:
+        if (
+            ttl is not None
+            and record.completed is not None
+            and time.time() - record.completed > ttl
+        ):
             return Response("Request has expired", status_code=403, media_type="text/plain")
         size = image_dimensions(record.image_size, full_size=state.config.image_size == "full")
         png = await run_in_threadpool(render_png, record.prompt, record.seed, index, *size)

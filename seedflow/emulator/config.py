@@ -46,7 +46,9 @@ class EmulatorConfig:
         for name in ("queue_time", "processing_time"):
             low, high = getattr(self, name)
             if low < 0 or high < low:
-                raise ValueError(f"{name} must be (min, max) with 0 <= min <= max, not {(low, high)}")
+                raise ValueError(
+                    f"{name} must be (min, max) with 0 <= min <= max, not {(low, high)}"
+                )
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.image_size not in ("small", "full"):

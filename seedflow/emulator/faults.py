@@ -67,7 +67,9 @@ class Fault:
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {self.endpoint!r}: use one of {', '.join(ENDPOINTS)}")
+            raise ValueError(
+                f"unknown endpoint {self.endpoint!r}: use one of {', '.join(ENDPOINTS)}"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}: use one of {', '.join(KINDS)}")
         if self.endpoint not in KINDS[self.kind][0]:
@@ -87,9 +89,7 @@ class Fault:
             return False
         if self.every is not None and self._calls % self.every != 0:
             return False
-        if self.rate is not None and rng.random() >= self.rate:
-            return False
-        return True
+        return self.rate is None or rng.random() < self.rate
 
     def spend(self) -> None:
         """Record that the fault hit a call (counts down ``next``)."""
@@ -116,7 +116,7 @@ class Faults:
     balance: int | None = None
     file_ttl: float | None = None
 
-    def add(self, endpoint: str, kind: str, **trigger: float | int | None) -> Fault:
+    def add(self, endpoint: str, kind: str, **trigger: float | None) -> Fault:
         """Add a fault and return it (so a test can inspect or remove it)."""
         fault = Fault(endpoint, kind, **trigger)  # type: ignore[arg-type]
         self.rules.append(fault)
@@ -164,5 +164,7 @@ def parse_fault(text: str) -> Fault:
             try:
                 options[key] = float(value) if key in _FLOAT_KEYS else int(value)
             except ValueError:
-                raise ValueError(f"fault option {key}={value!r} in {text!r} is not a number") from None
+                raise ValueError(
+                    f"fault option {key}={value!r} in {text!r} is not a number"
+                ) from None
     return Fault(endpoint, kind, **options)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ from .app import EmulatorState, create_app
 from .config import EmulatorConfig
 from .state import RequestRecord, Stats
 
-__all__ = ["EmulatorHandle", "serve", "run"]
+__all__ = ["EmulatorHandle", "run", "serve"]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import EmulatorConfig
 
-__all__ = ["Stats", "RequestRecord", "Scheduler", "canonical_json"]
+__all__ = ["RequestRecord", "Scheduler", "Stats", "canonical_json"]
 
 IN_QUEUE, IN_PROGRESS, COMPLETED, FAILED, CANCELLED = (
     "in_queue", "in_progress", "completed", "failed", "cancelled",
