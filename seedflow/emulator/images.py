@@ -12,7 +12,7 @@ import io
 import re
 from functools import lru_cache
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFont
 
 __all__ = ["SMALL_LONG_SIDE", "image_dimensions", "render_png"]
 
@@ -68,7 +68,9 @@ def _gradient(
     width: int, height: int, start: tuple[int, int, int], end: tuple[int, int, int]
 ) -> Image.Image:
     """A diagonal gradient from ``start`` (top left) to ``end`` (bottom right)."""
-    mask = Image.linear_gradient("L").rotate(45, expand=True).resize((width, height))
+    vertical = Image.linear_gradient("L")
+    horizontal = vertical.transpose(Image.Transpose.ROTATE_90)
+    mask = ImageChops.add(vertical, horizontal, scale=2.0).resize((width, height))
     return Image.composite(Image.new("RGB", (width, height), end),
                            Image.new("RGB", (width, height), start), mask)  # fmt: skip
 
