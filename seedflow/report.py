@@ -47,6 +47,7 @@ __all__ = [
     "make_thumbnails",
     "render_html",
     "write_report",
+    "LiveReport",
     "write_sheet",
     "reproduce_command",
     "load_pipeline_copy",
@@ -240,12 +241,32 @@ def _ranked_axes(manifest: Mapping[str, Any]) -> list[str]:
 
 
 def default_axes(manifest: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """The x and y axes a report uses unless told: the two sweep axes with most values."""
+    """The x and y axes a report uses unless told: the two sweep axes with most values.
+
+    An axis whose value follows from x (an ``include`` that ties a count to a size, the other
+    keys of a zipped axis) would only add empty cells, so y is the best axis that does not.
+    """
     ranked = _ranked_axes(manifest)
+    jobs = manifest.get("jobs") or []
     if not ranked:
-        jobs = manifest.get("jobs") or []
         return (JOB_AXIS if len(jobs) > 1 else None), None
-    return ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    x = ranked[0]
+    return x, _best_other(ranked, x, jobs)
+
+
+def _best_other(ranked: Sequence[str], given: str, jobs: Sequence[Mapping[str, Any]]) -> str | None:
+    return next((a for a in ranked if a != given and not _determined(a, (given,), jobs)), None)
+
+
+def _determined(axis: str, by: Sequence[str], jobs: Sequence[Mapping[str, Any]]) -> bool:
+    """True when the value of ``axis`` follows from the values of ``by`` in every job."""
+    seen: dict[tuple[str, ...], str] = {}
+    for job in jobs:
+        key = tuple(_axis_value(job, name).key for name in by)
+        value = _axis_value(job, axis).key
+        if seen.setdefault(key, value) != value:
+            return False
+    return True
 
 
 def _check_axis(name: str | None, option: str, available: Sequence[str]) -> None:
@@ -367,13 +388,19 @@ def build_grid(
         raise UsageError(f"--x and --y are both {x!r}", hint="choose two different axes")
     if x is None and y is None:
         x, y = default_axes(manifest)
-    elif x is None or y is None:
+    jobs = _all_jobs(manifest, plan_jobs)
+    if (x is None) != (y is None):
         # One axis given: the best remaining sweep axis takes the other side.
-        other = next((a for a in _ranked_axes(manifest) if a not in (x, y)), None)
+        given = x or y
+        assert given is not None
+        other = _best_other(_ranked_axes(manifest), given, jobs)
         x, y = (x, other) if x is not None else (other, y)
 
-    jobs = _all_jobs(manifest, plan_jobs)
-    page_axes = tuple(a for a in available if a not in (x, y))
+    # Axes that follow from x and y would split nothing: they make no pages.
+    on_grid = tuple(a for a in (x, y) if a is not None)
+    page_axes = tuple(
+        a for a in available if a not in on_grid and not _determined(a, on_grid, jobs)
+    )
     check = exists or (lambda _path: True)
 
     pages: dict[str, list[tuple[Mapping[str, Any], Entry]]] = {}
@@ -503,10 +530,17 @@ def _pins(
         return [(name, variables[name]) for name in names]
     pins: list[tuple[str, Any]] = []
     for axis, values in group.matrix.axes.items():
-        for value in values:
-            if _matches(value, axis, variables):
-                pins.append((axis, value))
-                break
+        value = next((v for v in values if _matches(v, axis, variables)), _MISSING)
+        if value is _MISSING:
+            # A value an `include` brought in: pinning the axis to it makes that entry extend
+            # the one pinned combination instead of adding a second job.
+            keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
+            if keys and all(k in variables for k in keys):
+                value = {k: variables[k] for k in keys}
+            elif not keys and axis in variables:
+                value = variables[axis]
+        if value is not _MISSING:
+            pins.append((axis, value))
     return pins
 
 
@@ -601,14 +635,27 @@ def find_run_dir(run: str | os.PathLike[str], out: str | os.PathLike[str] = "run
         raise
 
 
-def _plan_jobs(run_dir: Path) -> list[Mapping[str, Any]]:
-    """Jobs of ``plan.json`` when present (so a job the manifest misses still shows)."""
+def _read_plan(run_dir: Path) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """Jobs and axis names (in pipeline order) of ``plan.json``, when present: a job the
+    manifest misses still shows, and axes keep the order the pipeline wrote them in."""
     try:
         data = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
-    jobs = data.get("jobs") if isinstance(data, dict) else None
-    return [j for j in jobs if isinstance(j, dict) and "id" in j] if isinstance(jobs, list) else []
+        return [], []
+    if not isinstance(data, dict):
+        return [], []
+    jobs = data.get("jobs")
+    axes = data.get("axes")
+    return (
+        [j for j in jobs if isinstance(j, dict) and "id" in j] if isinstance(jobs, list) else [],
+        list(axes) if isinstance(axes, dict) else [],
+    )
+
+
+def _in_order(axes: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``axes`` with the names in ``order`` first, in that order (the rest after them)."""
+    first = {name: axes[name] for name in order if name in axes}
+    return {**first, **{k: v for k, v in axes.items() if k not in first}}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -894,12 +941,14 @@ def write_report(
     """
     folder = Path(run_dir)
     data = dict(manifest) if manifest is not None else load_manifest(folder)
+    plan_jobs, axis_order = _read_plan(folder)
+    data["axes"] = _in_order(data.get("axes") or {}, axis_order)
     grid = build_grid(
         data,
         x=x,
         y=y,
         exists=lambda rel: (folder / rel).is_file(),
-        plan_jobs=_plan_jobs(folder),
+        plan_jobs=plan_jobs,
     )
     grid = make_thumbnails(folder, grid)
     page = folder / REPORT_NAME
@@ -1097,3 +1146,105 @@ def _sheet_cell(
         draw.text((left + pad, top + height - 18),
                   _fit(draw, caption or "", fonts["small"], width - 2 * pad),
                   fill=_SHEET_COLORS["muted"], font=fonts["small"])
+
+
+# --------------------------------------------------------------------------- live refresh
+
+
+class LiveReport:
+    """Keeps ``report.html`` current during a run: an ``on_event`` callback for
+    :func:`seedflow.executor.run_pipeline` and :func:`~seedflow.executor.resume_run`.
+
+    ::
+
+        live = LiveReport(chain=show_progress)   # chain: another callback to call first
+        run_pipeline("pipelines/x.yaml", on_event=live)
+
+    The page is written when the run starts, at most every ``min_interval`` seconds while jobs
+    finish and images arrive, and once more at the end (then without self-reload). Writing
+    happens on a background thread, so making thumbnails never stalls the run's event loop;
+    a failure to write the report is kept in ``errors`` and never stops the run.
+    """
+
+    _TRIGGERS = frozenset({
+        "job_completed", "job_partial", "job_failed", "job_cancelled", "job_unknown",
+        "job_reused", "image_downloaded", "job_started", "job_submitted",
+    })
+
+    def __init__(
+        self,
+        *,
+        x: str | None = None,
+        y: str | None = None,
+        min_interval: float = 2.0,
+        chain: Callable[[Any], None] | None = None,
+    ) -> None:
+        import threading
+
+        self.x, self.y, self.min_interval, self.chain = x, y, min_interval, chain
+        self.run_dir: Path | None = None
+        self.page: Path | None = None
+        self.errors: list[str] = []
+        self._wake = threading.Condition()
+        self._pending = False
+        self._final = False
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, event: Any) -> None:
+        if self.chain is not None:
+            self.chain(event)
+        kind = getattr(event, "kind", "")
+        if kind == "run_started" and getattr(event, "message", None):
+            self.run_dir = Path(event.message)
+            self._start()
+        if self.run_dir is None:
+            return
+        if kind in ("run_finished", "run_aborted"):
+            self.close()
+        elif kind in self._TRIGGERS:
+            self._request()
+
+    def _start(self) -> None:
+        import threading
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="seedflow-report",
+                                            daemon=True)
+            self._thread.start()
+        self._request()
+
+    def _request(self) -> None:
+        with self._wake:
+            self._pending = True
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Write the final page (no self-reload) and stop the writer thread."""
+        with self._wake:
+            self._final = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        import time
+
+        while True:
+            with self._wake:
+                while not (self._pending or self._final):
+                    self._wake.wait()
+                final, self._pending = self._final, False
+            self._write(live=not final)
+            if final:
+                return
+            # Coalesce: whatever arrives meanwhile goes into the next write.
+            with self._wake:
+                self._wake.wait_for(lambda: self._final, timeout=self.min_interval)
+
+    def _write(self, *, live: bool) -> None:
+        assert self.run_dir is not None
+        try:
+            self.page = write_report(self.run_dir, x=self.x, y=self.y, live=live)
+        except Exception as exc:  # noqa: BLE001 - a report must never break a paid run
+            self.errors.append(f"{type(exc).__name__}: {exc}")

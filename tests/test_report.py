@@ -105,12 +105,30 @@ def run_dir(tmp_path: Path) -> Path:
 # --- layout ---------------------------------------------------------------------------------
 
 
+def sweep(axes: dict[str, list[Any]]) -> dict[str, Any]:
+    """A bare manifest with one job per combination of ``axes``."""
+    import itertools
+
+    jobs = [{"variables": dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
+    return {"axes": axes, "jobs": jobs}
+
+
 def test_default_axes_take_the_sweeps_with_most_values_and_leave_seeds_to_pages() -> None:
-    manifest = {"axes": {"subject": ["fox", "owl"], "seed": [1, 2, 3, 4, 5],
-                         "style": ["a", "b", "c"], "mood": ["x"]}, "jobs": []}
+    manifest = sweep({"subject": ["fox", "owl"], "seed": [1, 2, 3, 4, 5],
+                      "style": ["a", "b", "c"], "mood": ["x"]})
     assert default_axes(manifest) == ("style", "subject")
-    assert default_axes({"axes": {"seed": [1, 2, 3], "style": ["a", "b"]}, "jobs": []}) == (
-        "style", "seed")
+    assert build_grid(manifest).page_axes == ("seed",)  # mood has one value: no pages
+    assert default_axes(sweep({"seed": [1, 2, 3], "style": ["a", "b"]})) == ("style", "seed")
+
+
+def test_an_axis_that_follows_from_x_takes_neither_the_rows_nor_pages() -> None:
+    manifest = sweep({"size": ["wide", "square", "tall"], "count": [3], "mood": ["calm", "wild"]})
+    for job in manifest["jobs"]:  # an include ties count 4 to the tall size
+        job["variables"]["count"] = 4 if job["variables"]["size"] == "tall" else 3
+    manifest["axes"]["count"] = [3, 4]
+    grid = build_grid(manifest)
+    assert (grid.x, grid.y, grid.page_axes) == ("size", "mood", ())
+    assert len(grid.pages) == 1 and all(c.entries for row in grid.pages[0].cells for c in row)
 
 
 def test_every_job_has_exactly_one_cell_and_failures_keep_their_reason(run_dir: Path) -> None:
@@ -399,3 +417,58 @@ def test_command_errors_are_messages_not_tracebacks(run_dir: Path, tmp_path: Pat
     assert "no such axis" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["report", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "no run 'nope'" in result.output
+
+
+# --- reports of real runs against the emulator -------------------------------------------------
+
+SUNSET = Path(__file__).resolve().parent.parent / "pipelines" / "sunset-study.yaml"
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from seedflow.executor import run_pipeline
+    from seedflow.report import LiveReport
+
+    root = tmp_path_factory.mktemp("real")
+    pipeline = root / "sunset-study.yaml"
+    pipeline.write_text(SUNSET.read_text(encoding="utf-8"), encoding="utf-8")
+    live = LiveReport(min_interval=0.05)
+    summary = run_pipeline(pipeline, out=root / "runs", offline=True, on_event=live)
+    assert summary.exit_code == 0
+    assert live.errors == [] and live.page is not None
+    return live.page.parent
+
+
+def test_report_of_a_real_run_has_every_job_and_links_only_files_of_the_run(
+    real_run: Path,
+) -> None:
+    page = real_run / "report.html"
+    html = page.read_text(encoding="utf-8")
+    manifest = load_manifest(real_run)
+    parsed = parse(page)
+    jobs_in_cells = [j for c in parsed.cells for j in c["data-jobs"].split()]
+    assert sorted(jobs_in_cells) == sorted(j["id"] for j in manifest["jobs"])
+    # x = size (3 values); count follows from size (an include), so mood takes the rows
+    sizes = manifest["axes"]["size"]
+    assert parsed.col_labels == sizes * 2 and parsed.row_labels == ["beautiful", "stormy"] * 2
+    assert "location.reload()" not in html  # the run has ended: the last write is static
+    for link in parsed.links:
+        assert not re.match(r"^[a-z]+:|^/", link) and (real_run / unquote(link)).is_file(), link
+    images = sum(len(j["outputs"]) for j in manifest["jobs"])
+    assert sum(link.startswith("thumbs/") for link in parsed.links) == images
+    assert str(real_run.parent.parent) not in html  # no path of this machine
+
+
+def test_every_reproduce_command_plans_exactly_its_job(real_run: Path) -> None:
+    import shlex
+
+    from seedflow.plan import plan_file
+
+    data = details(parse(real_run / "report.html"))
+    manifest = load_manifest(real_run)
+    for job in manifest["jobs"]:
+        argv = shlex.split(data[job["id"]]["command"])
+        assert argv[:3] == ["seedflow", "run", "pipeline.yaml"]  # the original path is absolute
+        overrides = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
+        plan = plan_file(real_run / "pipeline.yaml", overrides=overrides)
+        assert [j.id for j in plan.jobs] == [job["id"]], (job["name"], overrides)
