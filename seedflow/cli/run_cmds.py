@@ -110,9 +110,13 @@ def _report(summary: RunSummary, *, json_lines: bool) -> None:
             )
 
 
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def _confirm_large(plan: Any, *, yes: bool, offline: bool) -> None:
     large = plan.estimated_cost >= CONFIRM_COST or plan.total_images >= CONFIRM_IMAGES
-    if yes or offline or not large or not sys.stdin.isatty():
+    if yes or offline or not large or not _stdin_is_terminal():
         return
     question = (
         f"This run sends {len(plan.jobs)} jobs for {plan.total_images} images, estimated "

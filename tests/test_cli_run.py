@@ -1,0 +1,148 @@
+"""`seedflow run / resume / runs / status` from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from seedflow.cli import cli
+from seedflow.emulator import EmulatorHandle
+from seedflow.models import load_bundled_schema
+
+ROOT = Path(__file__).parent.parent
+SUNSET = ROOT / "pipelines" / "sunset-study.yaml"
+SECRET = "cli-secret-token-7e21"
+
+
+def invoke(*args: str, env: dict[str, str | None] | None = None, input: str | None = None):
+    runner = CliRunner(mix_stderr=False) if _has_mix_stderr() else CliRunner()
+    base_env: dict[str, str | None] = {"RUNCOMFY_API_TOKEN": None, "RUNCOMFY_TOKEN": None,
+                                       "RUNCOMFY_BASE_URL": None}  # fmt: skip
+    return runner.invoke(cli, list(args), env={**base_env, **(env or {})}, input=input)
+
+
+def _has_mix_stderr() -> bool:
+    import inspect
+
+    return "mix_stderr" in inspect.signature(CliRunner.__init__).parameters
+
+
+def only_run(root: Path) -> Path:
+    runs = list(root.glob("*/*/journal.sqlite"))
+    assert len(runs) == 1, runs
+    return runs[0].parent
+
+
+def valid_manifest(folder: Path) -> dict:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    jsonschema.Draft202012Validator(load_bundled_schema("manifest.schema.json")).validate(manifest)
+    return manifest
+
+
+def test_offline_quick_start_makes_real_pngs(tmp_path: Path) -> None:
+    result = invoke("run", str(SUNSET), "--offline", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output + result.stderr
+    folder = only_run(tmp_path)
+    assert result.stderr.count(f"run folder: {folder}") == 2  # at start and at the end
+    manifest = valid_manifest(folder)
+    assert manifest["offline"] is True and manifest["status"] == "completed"
+    pngs = sorted((folder / "images").glob("*.png"))
+    assert len(pngs) == manifest["totals"]["images"] == 26
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+    listed = invoke("runs", "--out", str(tmp_path))
+    assert listed.exit_code == 0 and folder.name in listed.output and "completed" in listed.output
+    as_json = json.loads(invoke("runs", "--out", str(tmp_path), "--json").output)
+    assert as_json[0]["run_id"] == folder.name and as_json[0]["images"] == 26
+
+    status = invoke("status", folder.name, "--out", str(tmp_path))
+    assert status.exit_code == 0
+    assert "status:    completed" in status.output and "26 of 26" in status.output
+    by_path = invoke("status", str(folder), "--json")
+    assert json.loads(by_path.output)["totals"]["jobs"] == 8
+
+
+def test_status_of_an_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
+    result = invoke("status", "20991231T000000Z-zzzz", "--out", str(tmp_path))
+    assert result.exit_code == 1
+    assert "no run '20991231T000000Z-zzzz'" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_guards_refuse_before_anything_is_sent(tmp_path: Path, emulator: EmulatorHandle) -> None:
+    env = {"RUNCOMFY_API_TOKEN": SECRET}
+    common = ("--out", str(tmp_path), "--base-url", emulator.base_url)
+    over = invoke("run", str(SUNSET), *common, "--max-images", "10", env=env)
+    assert over.exit_code == 1 and "more than --max-images 10; nothing was sent" in over.stderr
+    dear = invoke("run", str(SUNSET), *common, "--max-cost", "0.5", env=env)
+    assert dear.exit_code == 1 and "--max-cost" in dear.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: bad\nmodel: bytedance/seedream-4-0/sequential\n"
+                   "input: {image_size: huge}\n")  # fmt: skip
+    invalid = invoke("run", str(bad), *common, env=env)
+    assert invalid.exit_code == 1 and "bad.yaml" in invalid.stderr
+    assert "Traceback" not in invalid.stderr
+    wrong_set = invoke("run", str(SUNSET), *common, "--set", "novalue", env=env)
+    assert wrong_set.exit_code == 2 and "KEY=VALUE" in wrong_set.stderr
+    no_token = invoke("run", str(SUNSET), *common)
+    assert no_token.exit_code != 0 and "RUNCOMFY_API_TOKEN" in no_token.stderr
+    assert emulator.stats.submit_calls == 0
+    assert not list(tmp_path.glob("*/*/journal.sqlite"))
+
+
+def test_large_run_asks_first_on_a_terminal(
+    tmp_path: Path, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seedflow.cli import run_cmds
+
+    monkeypatch.setattr(run_cmds, "_stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(run_cmds, "CONFIRM_COST", 0.1)
+    env = {"RUNCOMFY_API_TOKEN": SECRET}
+    common = ("--out", str(tmp_path), "--base-url", emulator.base_url, "-q")
+    refused = invoke("run", str(SUNSET), *common, env=env, input="n\n")
+    assert refused.exit_code == 2 and "nothing was sent" in refused.stderr
+    assert "estimated 0.70 USD" in refused.stderr
+    assert emulator.stats.submit_calls == 0
+    accepted = invoke("run", str(SUNSET), *common, "--yes", env=env)
+    assert accepted.exit_code == 0, accepted.stderr
+    assert emulator.stats.submits == 8
+
+
+def test_failures_are_summarised_with_reasons_and_retried(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    emulator.config.faults.add("job", "fail", next=1)
+    env = {"RUNCOMFY_API_TOKEN": SECRET}
+    common = ("--out", str(tmp_path), "--base-url", emulator.base_url)
+    result = invoke("run", str(SUNSET), *common, "--concurrency", "1", env=env)
+    assert result.exit_code == 1
+    assert "1 job(s) failed:" in result.stderr
+    assert "[failed]: generation failed" in result.stderr
+    assert "--retry-failed" in result.stderr
+    folder = only_run(tmp_path)
+    again = invoke("resume", folder.name, "--out", str(tmp_path), "--retry-failed", env=env)
+    assert again.exit_code == 0, again.stderr
+    assert valid_manifest(folder)["totals"]["by_state"] == {"completed": 8}
+    for output in (result.output, result.stderr, again.output, again.stderr):
+        assert SECRET not in output
+
+
+def test_json_events_one_per_line(tmp_path: Path, emulator: EmulatorHandle) -> None:
+    env = {"RUNCOMFY_API_TOKEN": SECRET}
+    result = invoke("run", str(SUNSET), "--out", str(tmp_path), "--base-url", emulator.base_url,
+                    "--json", env=env)  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    events = [json.loads(line) for line in result.output.splitlines()]
+    assert events[0]["event"] == "run_started" and events[-1]["event"] == "run_finished"
+    assert sum(e["event"] == "image_downloaded" for e in events) == 26
+    assert events[-1]["data"]["exit_code"] == 0
+    assert SECRET not in result.output
+
+
+def test_quiet_and_json_together_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke("run", str(SUNSET), "--offline", "-q", "--json", "--out", str(tmp_path))
+    assert result.exit_code == 2
