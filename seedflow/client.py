@@ -245,6 +245,7 @@ class PollPolicy:
     queue_interval: float = 10.0  # cap while in_queue
     per_queue_position: float = 0.5  # extra seconds per job ahead in the queue
     unknown_status_timeout: float = 60.0  # an undocumented state is an error after this long
+    unreachable_timeout: float = 300.0  # polls failing (after their retries) this long: error
 
     def next_delay(self, status: Status, polls_in_state: int) -> float:
         """Seconds until the next status poll, after ``polls_in_state`` polls in this state."""
@@ -272,6 +273,24 @@ class _RateLimiter:
         slot = max(now, self._next)
         self._next = slot + self.interval
         return slot - now
+
+
+class _Stopwatch:
+    """How long, and how many times in a row, something has been going on."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.count = 0
+
+    def tick(self) -> float:
+        """Note one more occurrence; seconds since the first."""
+        now = time.monotonic()
+        self.since = now if self.since is None else self.since
+        self.count += 1
+        return now - self.since
+
+    def reset(self) -> None:
+        self.since, self.count = None, 0
 
 
 class _BearerAuth(httpx.Auth):
@@ -435,34 +454,45 @@ class Client:
         """Poll until the job is terminal, then return its result.
 
         ``on_status`` is called whenever the state or queue position changes. A failed or
-        cancelled job is returned (``result.state``), not raised. An undocumented state, or a
-        result that stays unfinished after the status said terminal, raises
-        :class:`UnexpectedResponse` after ``PollPolicy.unknown_status_timeout`` seconds.
+        cancelled job is returned (``result.state``), not raised. Polls that fail even after
+        their retries (429, 5xx, network) are tolerated for ``PollPolicy.unreachable_timeout``
+        seconds. An undocumented state, or a result that stays unfinished after the status said
+        terminal, raises :class:`UnexpectedResponse` after ``unknown_status_timeout`` seconds.
         """
         await self._sleep(self.poll.first_delay)
         seen: Status | None = None
         polls_in_state = 0
-        strange_since: float | None = None
+        failing, strange = _Stopwatch(), _Stopwatch()
         while True:
-            status = await self.status(request_id)
+            try:
+                status = await self.status(request_id)
+                result = await self.result(request_id) if status.terminal else None
+            except ApiError as error:
+                # A paid job is not given up for a bad minute of the API: keep polling.
+                pause = self._pause_for(error, failing.count)
+                if not error.retryable or pause is None:
+                    raise
+                if failing.tick() > self.poll.unreachable_timeout:
+                    raise
+                log.info("polling %s: %s; again in %.2f s", request_id, error.message, pause)
+                await self._sleep(pause)
+                continue
+            failing.reset()
             if on_status is not None and status != seen:
                 on_status(status)
             polls_in_state = polls_in_state + 1 if seen and seen.state == status.state else 0
             seen = status
-            if status.terminal:
-                result = await self.result(request_id)
-                if result.terminal:
-                    return result
+            if result is not None and result.terminal:
+                return result
+            if result is not None:
                 problem = f"the status says {status.state} but the result says {result.state}"
             elif not status.known:
                 problem = f"the API reports an undocumented state '{status.state}'"
             else:
-                strange_since = None
+                strange.reset()
                 await self._sleep(self.poll.next_delay(status, polls_in_state))
                 continue
-            now = time.monotonic()
-            strange_since = now if strange_since is None else strange_since
-            if now - strange_since > self.poll.unknown_status_timeout:
+            if strange.tick() > self.poll.unknown_status_timeout:
                 raise UnexpectedResponse(
                     f"{problem} for {self.poll.unknown_status_timeout:g} s",
                     request_id=request_id,
@@ -553,6 +583,13 @@ class Client:
     def _request_url(self, request_id: str, action: str) -> str:
         return self.base_url + _request_path(request_id, action)
 
+    def _pause_for(self, error: ApiError, attempt: int) -> float | None:
+        """Seconds to back off before trying again; None when the service asked for too long."""
+        retry_after = error.retry_after if isinstance(error, (RateLimited, ServerError)) else None
+        if retry_after is not None and retry_after > self.retry.max_retry_after:
+            return None
+        return self.retry.delay(attempt, retry_after)
+
     async def _call(
         self,
         method: str,
@@ -571,12 +608,9 @@ class Client:
                 attempt += 1
                 if not _may_retry(error, submit) or attempt >= self.retry.attempts:
                     raise
-                retry_after = (
-                    error.retry_after if isinstance(error, (RateLimited, ServerError)) else None
-                )
-                if retry_after is not None and retry_after > self.retry.max_retry_after:
+                delay = self._pause_for(error, attempt - 1)
+                if delay is None:
                     raise
-                delay = self.retry.delay(attempt - 1, retry_after)
                 log.info("%s %s: %s; retrying in %.2f s", method, path, error.message, delay)
                 await self._sleep(delay)
 

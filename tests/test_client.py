@@ -600,6 +600,40 @@ async def test_wait_gives_up_on_an_undocumented_state() -> None:
     assert 2 <= len(rec.requests) < 50
 
 
+async def test_wait_rides_out_polls_that_fail_after_their_retries() -> None:
+    statuses = [httpx.Response(500)] * 6 + [httpx.Response(429)] * 4 + [ok(status="completed")]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/status"):
+            return statuses.pop(0)
+        return ok(status="succeeded", output={"images": ["https://f.test/1.png"]})
+
+    client, _ = make_client(handler)  # 4 attempts per call: 2 status() calls fail outright
+    async with client:
+        result = await client.wait("r1")
+    assert result.state == "completed" and statuses == []
+
+
+async def test_wait_stops_when_the_api_stays_unreachable() -> None:
+    client, _ = make_client(answers(httpx.Response(503)), poll=PollPolicy(unreachable_timeout=0.05))
+
+    async def real_sleep(seconds: float) -> None:
+        await anyio.sleep(0.01)
+
+    client._sleep = real_sleep
+    async with client:
+        with pytest.raises(ServerError):
+            await client.wait("r1")
+
+
+async def test_wait_does_not_ride_out_errors_that_will_not_pass() -> None:
+    client, rec = make_client(answers(httpx.Response(404, json={"error_code": 404001})))
+    async with client:
+        with pytest.raises(RequestNotFound):
+            await client.wait("r1")
+    assert len(rec.requests) == 1
+
+
 async def test_wait_gives_up_when_result_never_catches_up_with_status() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return ok(status="completed" if request.url.path.endswith("/status") else "in_progress")

@@ -234,6 +234,17 @@ async def test_persistent_faults_surface_as_their_error_class(emulator: Emulator
                 await client.status(sub.request_id)
 
 
+async def test_wait_rides_out_a_bad_spell_of_the_api(emulator: EmulatorHandle) -> None:
+    async with client_for(emulator) as client:
+        sub = await client.submit(MODEL, job())
+        emulator.config.faults.add("status", "500", next=6)  # more than one call's retries
+        emulator.config.faults.add("result", "drop", next=2)
+        result = await client.wait(sub.request_id)
+    assert result.state == "completed" and len(result.outputs.images) == 2
+    assert emulator.stats.faults_fired["status:500"] == 6
+    assert emulator.stats.faults_fired["result:drop"] == 2
+
+
 async def test_error_code_on_http_200(emulator: EmulatorHandle) -> None:
     async with client_for(emulator) as client:
         sub = await client.submit(MODEL, job())
