@@ -23,7 +23,13 @@ import time
 
 import httpx
 
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
 from seedflow.emulator import EmulatorConfig, serve
+from seedflow.emulator.server import bind, serve_in_thread
 
 TARGET = 1500.0
 MODEL = "bytedance/seedream-4-0/sequential"
@@ -101,6 +107,23 @@ def _measure(base_url: str, paths: list[str], seconds: float, connections: int) 
     return float(json.loads(done.stdout)["rate"])
 
 
+def _baseline_app(answer: dict[str, object]) -> Starlette:
+    """The floor: the same stack answering a constant of the same size, with no work at all."""
+
+    async def constant(request: Request) -> JSONResponse:
+        return JSONResponse(answer)
+
+    return Starlette(routes=[Route("/v1/requests/{request_id}/status", constant)])
+
+
+def _measure_baseline(answer: dict[str, object], paths: list[str], seconds: float,
+                      connections: int) -> float:  # fmt: skip
+    sock = bind("127.0.0.1", 0)
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with serve_in_thread(_baseline_app(answer), sock):
+        return _measure(base_url, paths, seconds, connections)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -131,6 +154,10 @@ def main() -> None:
         result_rate = _measure(emu.base_url, [f"/v1/requests/{r}/result" for r in finished],
                                args.seconds, args.connections)  # fmt: skip
         calls = emu.stats.status_calls
+        sample = httpx.get(f"{emu.base_url}/v1/requests/{queued[-1]}/status",
+                           headers={"Authorization": "Bearer bench"}).json()  # fmt: skip
+    status_paths = [f"/v1/requests/{r}/status" for r in ids]
+    floor_rate = _measure_baseline(sample, status_paths, args.seconds, args.connections)
 
     print(
         f"emulator on one core, {args.connections} keep-alive connections, {args.seconds:g} s each"
@@ -139,6 +166,8 @@ def main() -> None:
         f"  status: {status_rate:8.0f} req/s  ({status_rate / TARGET:.2f}x the {TARGET:.0f} req/s target)"
     )
     print(f"  result: {result_rate:8.0f} req/s")
+    print(f"  same server stack answering a constant: {floor_rate:8.0f} req/s "
+          f"(status runs at {status_rate / floor_rate:.2f}x of that floor)")  # fmt: skip
     print(f"  status calls counted by the emulator: {calls}")
     if status_rate < TARGET:
         sys.exit(f"status endpoint below target: {status_rate:.0f} < {TARGET:.0f} req/s")

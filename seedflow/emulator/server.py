@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .app import EmulatorState, create_app
 from .config import EmulatorConfig
 from .state import RequestRecord, Stats
 
-__all__ = ["EmulatorHandle", "run", "serve"]
+__all__ = ["EmulatorHandle", "bind", "run", "serve", "serve_in_thread"]
 
 
 @dataclass
@@ -35,15 +36,19 @@ class EmulatorHandle:
 
     @property
     def requests(self) -> dict[str, RequestRecord]:
-        """request_id -> record (state, input, timestamps, processing duration, image URLs)."""
-        return self.state.requests
+        """request_id -> record (state, input, timestamps, processing duration, image URLs).
+
+        A snapshot of the mapping (safe to iterate while the server adds requests); the
+        records themselves are live.
+        """
+        return dict(self.state.requests)
 
 
-def _uvicorn_config(app: object, *, log_level: str = "warning") -> uvicorn.Config:
+def _uvicorn_config(app: ASGIApp, *, log_level: str = "warning") -> uvicorn.Config:
     # h11 and the plain asyncio loop are always installed; no access log: it costs more than
     # the status endpoint itself.
     return uvicorn.Config(
-        app,  # type: ignore[arg-type]
+        app,
         loop="asyncio",
         http="h11",
         lifespan="off",
@@ -53,7 +58,8 @@ def _uvicorn_config(app: object, *, log_level: str = "warning") -> uvicorn.Confi
     )
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = a free port), ready for uvicorn."""
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on such sockets, and without it
     # every answer (written in pieces) waits ~40 ms for the client's delayed ACK.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -82,9 +88,19 @@ def serve(
 
     ``port=0`` picks a free port; the handle's ``base_url`` says which.
     """
-    sock = _bind(host, port)
+    sock = bind(host, port)
     base_url = f"http://{_url_host(host)}:{sock.getsockname()[1]}"
     app = create_app(config or EmulatorConfig(), base_url=base_url)
+    with serve_in_thread(app, sock):
+        yield EmulatorHandle(base_url=base_url, state=app.state.emulator)
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
+    """Serve any ASGI app on a bound socket from a background thread, as ``serve`` does.
+
+    The socket is closed afterwards. (The status benchmark serves its baseline app this way.)
+    """
     server = uvicorn.Server(_uvicorn_config(app))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="seedflow-emulator", daemon=True
@@ -92,7 +108,7 @@ def serve(
     thread.start()
     try:
         _wait_started(server, thread)
-        yield EmulatorHandle(base_url=base_url, state=app.state.emulator)
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -117,7 +133,7 @@ def run(
     on_start: Callable[[str], None] | None = None,
 ) -> None:
     """Run an emulator in the foreground until interrupted (what ``seedflow emulator`` does)."""
-    sock = _bind(host, port)
+    sock = bind(host, port)
     base_url = f"http://{_url_host(host)}:{sock.getsockname()[1]}"
     app = create_app(config, base_url=base_url)
     server = uvicorn.Server(_uvicorn_config(app))
