@@ -22,7 +22,6 @@ import sys
 import time
 
 import httpx
-
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
