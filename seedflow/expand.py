@@ -596,7 +596,14 @@ class Expander:
                     continue
                 self._reported.add(key)
                 known = sorted(available - set(self.env.globals) - {"job"})
-                hint = did_you_mean(missing, known) or (
+                included = [o for o in combo.origins.values() if "include" in o]
+                if missing in group.matrix.axes and included:
+                    line = self.pipeline.positions.line(included[0][:-1])
+                    hint = (f"this combination comes from the `include` entry on line {line}, "
+                            f"which does not set '{missing}': add it to the entry")
+                else:
+                    hint = None
+                hint = hint or did_you_mean(missing, known) or (
                     f"define '{missing}' under `vars:` or as a matrix axis (known: {', '.join(known)})"
                 )
                 self.problems.append(Problem(

@@ -176,6 +176,9 @@ class _MarkedLoader(yaml.SafeLoader):
 
     def _build(self, node: yaml.Node, path: YamlPath) -> Any:
         self.values[path] = _start(node)
+        if node.tag not in (_MAP_TAG, _SEQ_TAG):
+            # scalars, and tagged collections (!!set, or !!python/... which raises here)
+            return self.construct_object(node, deep=True)
         if isinstance(node, yaml.MappingNode):
             self.flatten_mapping(node)  # merge keys (<<) as PyYAML's safe loader does
             result: dict[Any, Any] = {}
@@ -193,9 +196,11 @@ class _MarkedLoader(yaml.SafeLoader):
                 self.keys[child] = (line, column)
                 result[key] = self._build(value_node, child)
             return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.construct_object(node, deep=True)
+        return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
+
+
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
 def _start(node: yaml.Node) -> tuple[int, int]:
@@ -215,7 +220,7 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Probl
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
         hint = "check indentation, quotes and colons near this line"
-        if "\t" in text and "tab" in message:
+        if "'\\t'" in message or "tab" in message:
             hint = "YAML does not allow tabs for indentation: use spaces"
         problem = Problem(
             f"malformed YAML: {message}",

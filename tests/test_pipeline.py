@@ -1,0 +1,226 @@
+"""Reading pipelines: YAML with positions, structural errors with line, field and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from textwrap import dedent
+
+import jsonschema
+import pytest
+
+from seedflow.errors import PipelineError, Problem, UsageError
+from seedflow.pipeline import (
+    SCHEMA_COMMENT,
+    load_pipeline,
+    parse_pipeline,
+    pipeline_schema,
+    starter_pipeline,
+)
+from seedflow.plan import plan_pipeline
+
+GOOD = dedent(
+    """\
+    version: 1
+    name: demo
+    model: bytedance/seedream-4-0/sequential
+    vars: {place: sea}
+    input:
+      text: "Generate {{ count }} images of {{ place }}"
+      sequential_image_generation_options: "{{ count }}"
+    matrix:
+      count: [1, 2]
+    """
+)
+
+
+def problems_of(text: str, file: str = "p.yaml") -> list[Problem]:
+    with pytest.raises(PipelineError) as info:
+        parse_pipeline(text, file)
+    return info.value.problems
+
+
+def only(problems: list[Problem]) -> Problem:
+    assert len(problems) == 1, [p.format() for p in problems]
+    return problems[0]
+
+
+def test_positions_point_at_each_value() -> None:
+    pipeline = parse_pipeline(GOOD, "p.yaml")
+    assert pipeline.positions.line(("input", "text")) == 6
+    assert pipeline.positions.line(("matrix", "count", 1)) == 9
+    assert pipeline.positions.column(("matrix", "count", 1)) == 14
+    # an unknown path falls back to its nearest known parent
+    assert pipeline.positions.line(("input", "text", "nowhere")) == 6
+
+
+def test_block_scalars_point_at_their_first_content_line() -> None:
+    text = GOOD.replace('  text: "Generate {{ count }} images of {{ place }}"\n',
+                        "  text: |\n    Generate {{ count }} images\n    of {{ place }}\n")
+    pipeline = parse_pipeline(text, "p.yaml")
+    assert pipeline.positions.line(("input", "text")) == 7
+
+
+def test_a_good_pipeline_becomes_plain_data() -> None:
+    pipeline = parse_pipeline(GOOD, "p.yaml")
+    (group,) = pipeline.groups
+    assert pipeline.name == "demo" and group.name is None
+    assert group.model == "bytedance/seedream-4-0/sequential"
+    assert group.vars == {"place": "sea"}
+    assert group.matrix.axes == {"count": (1, 2)}
+    assert group.seeds.values is None  # derived per job
+    assert len(pipeline.sha256) == 64 and pipeline.text == GOOD
+
+
+def test_duplicate_keys_are_errors_with_both_lines() -> None:
+    text = GOOD.replace("vars: {place: sea}\n", "vars: {place: sea}\nvars: {place: lake}\n")
+    problem = only(problems_of(text))
+    assert problem.line == 5 and problem.field == "vars"
+    assert "duplicate key 'vars'" in problem.message and "line 4" in problem.message
+    assert "p.yaml:5" in problem.format()
+
+
+def test_nested_duplicate_keys_and_other_problems_are_all_reported() -> None:
+    text = GOOD.replace("  text:", "  image_size: x\n  image_size: y\n  text:") + "matrx: {}\n"
+    problems = problems_of(text)
+    messages = [p.message for p in problems]
+    assert any("duplicate key 'image_size'" in m for m in messages)
+    assert any("unknown key 'matrx'" in m for m in messages)
+    dup = next(p for p in problems if "duplicate" in p.message)
+    assert dup.line == 7 and dup.field == "input.image_size"
+
+
+def test_malformed_yaml_names_the_line() -> None:
+    text = GOOD.replace("matrix:\n  count: [1, 2]", "matrix:\n  count: [1, 2\n")
+    problem = only(problems_of(text))
+    assert problem.message.startswith("malformed YAML")
+    assert problem.line is not None and problem.line >= 9
+    assert problem.hint
+
+
+def test_tabs_get_a_specific_hint() -> None:
+    problem = only(problems_of("version: 1\nname: x\ninput:\n\ttext: hi\n"))
+    assert problem.line == 4 and "tab" in (problem.hint or "")
+
+
+def test_unknown_keys_suggest_the_closest(tmp_path: Path) -> None:
+    text = GOOD.replace("vars:", "varz:").replace("matrix:", "matirx:")
+    problems = problems_of(text)
+    by_key = {p.field: p for p in problems}
+    assert by_key["varz"].line == 4 and by_key["varz"].hint == "did you mean 'vars'?"
+    assert by_key["matirx"].line == 8 and by_key["matirx"].hint == "did you mean 'matrix'?"
+
+
+def test_model_fields_at_the_top_level_hint_at_input() -> None:
+    problem = only(problems_of(GOOD + "image_size: x\n"))
+    assert problem.field == "image_size" and "input" in (problem.hint or "")
+
+
+def test_empty_axis_is_an_error_at_its_line() -> None:
+    problem = only(problems_of(GOOD.replace("count: [1, 2]", "count: [1, 2]\n  mood: []")))
+    assert problem.line == 10 and problem.field == "matrix.mood"
+    assert "axis 'mood' is empty" in problem.message
+
+
+def test_wrong_types_and_missing_keys() -> None:
+    problems = problems_of("version: 2\nmodel: m\ninput: hello\nseeds: 3\n")
+    text = "\n".join(p.format() for p in problems)
+    assert "missing key 'name'" in text
+    assert "p.yaml:1" in text and "unsupported version 2" in text
+    assert "p.yaml:3" in text and "'input' must be a mapping, not str" in text
+    assert "p.yaml:4" in text and "seeds must be a list" in text
+
+
+def test_exclude_naming_an_unknown_axis() -> None:
+    text = GOOD + "  exclude: [{cuont: 1}]\n"
+    problem = only(problems_of(text))
+    assert problem.line == 10 and problem.hint == "did you mean 'count'?"
+
+
+def test_a_model_is_required_somewhere() -> None:
+    problem = only(problems_of(GOOD.replace("model: bytedance/seedream-4-0/sequential\n", "")))
+    assert problem.field == "model" and "no model" in problem.message
+
+
+def test_non_utf8_file_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(GOOD.replace("sea", "mer, très belle").encode("latin-1"))
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(path)
+    problem = only(info.value.problems)
+    assert problem.line == 4 and problem.column is not None
+    assert "not UTF-8" in problem.message and "UTF-8" in (problem.hint or "")
+    assert f"{path}:4" in info.value.format_message()
+
+
+def test_missing_file_and_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError, match="no such file"):
+        load_pipeline(tmp_path / "nope.yaml")
+    (tmp_path / "empty.yaml").write_text("# nothing\n")
+    with pytest.raises(PipelineError, match="empty"):
+        load_pipeline(tmp_path / "empty.yaml")
+
+
+def test_a_list_is_not_a_pipeline() -> None:
+    problem = only(problems_of("- a\n- b\n"))
+    assert "mapping" in problem.message
+
+
+def test_yaml_is_read_safely() -> None:
+    problems = problems_of(GOOD + "x: !!python/object/apply:os.system ['echo hi']\n")
+    assert problems[0].message.startswith("malformed YAML")
+
+
+def test_groups_inherit_the_top_level() -> None:
+    text = GOOD + dedent(
+        """\
+        jobs:
+          a:
+            vars: {extra: 1}
+          b:
+            input: {image_size: "2048:2048 (1:1)"}
+            matrix: {count: [3]}
+            seeds: [7]
+        """
+    )
+    pipeline = parse_pipeline(text, "p.yaml")
+    a, b = pipeline.groups
+    assert a.name == "a" and a.vars == {"place": "sea", "extra": 1}
+    assert a.matrix.axes == {"count": (1, 2)} and a.model == "bytedance/seedream-4-0/sequential"
+    assert b.input["image_size"] == "2048:2048 (1:1)" and "text" in b.input
+    assert b.matrix.axes == {"count": (3,)} and b.seeds.values == (7,)
+    # each setting remembers where it is written
+    assert b.origins["input.image_size"] == ("jobs", "b", "input", "image_size")
+    assert b.origins["input.text"] == ("input", "text")
+    assert pipeline.positions.line(b.origins["seeds"]) == 16
+
+
+def test_group_keys_are_checked_too() -> None:
+    problem = only(problems_of(GOOD + "jobs:\n  a:\n    sedes: [1]\n"))
+    assert problem.line == 12 and problem.hint == "did you mean 'seeds'?"
+
+
+def test_seed_ranges() -> None:
+    pipeline = parse_pipeline(GOOD + "seeds: {start: 10, count: 3, step: 5}\n")
+    assert pipeline.groups[0].seeds.values == (10, 15, 20)
+
+
+def test_the_schema_is_valid_and_describes_every_recipe() -> None:
+    schema = pipeline_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    recipes = sorted(Path(__file__).parent.parent.joinpath("pipelines").glob("*.yaml"))
+    assert recipes
+    for path in recipes:
+        load_pipeline(path)  # raises on any structural problem
+
+
+def test_starter_pipeline_validates_and_plans() -> None:
+    text = starter_pipeline("my-study")
+    assert text.startswith(SCHEMA_COMMENT)
+    plan = plan_pipeline(parse_pipeline(text, "my-study.yaml"))
+    assert plan.pipeline_name == "my-study" and len(plan.jobs) == 4
+    assert not plan.warnings
+
+
+def test_starter_pipeline_refuses_a_bad_name() -> None:
+    with pytest.raises(UsageError):
+        starter_pipeline("../escape")
