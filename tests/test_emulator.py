@@ -79,7 +79,7 @@ def state_of(c: httpx.Client, rid: str) -> dict[str, Any]:
 def test_job_goes_from_queue_to_completed_with_downloadable_pngs(
     emulator_factory: Callable[..., EmulatorHandle],
 ) -> None:
-    emu = emulator_factory(processing_time=(0.2, 0.2), concurrency=1)
+    emu = emulator_factory(processing_time=(0.4, 0.4), concurrency=1)
     with client_for(emu) as c:
         first, second = submit(c, body(3, image_size="1440:2560 (9:16)")), submit(c)
         assert state_of(c, first)["status"] == "in_progress"
@@ -400,9 +400,9 @@ def test_dropped_connection_on_polling_endpoints(
 
 def test_slow_answers(emulator: EmulatorHandle, api: httpx.Client) -> None:
     rid = submit(api)
-    emulator.config.faults.add("status", "slow", next=1, delay=1.0)
+    emulator.config.faults.add("status", "slow", next=1, delay=0.5)
     with pytest.raises(httpx.ReadTimeout):
-        api.get(f"/v1/requests/{rid}/status", timeout=0.2)
+        api.get(f"/v1/requests/{rid}/status", timeout=0.1)
     assert api.get(f"/v1/requests/{rid}/status").status_code == 200
 
 
@@ -433,11 +433,12 @@ def test_download_faults(emulator: EmulatorHandle, api: httpx.Client, kind: str)
 def test_file_urls_expire_after_ttl(emulator: EmulatorHandle, api: httpx.Client) -> None:
     rid = submit(api, body(1))
     wait_until(lambda: emulator.requests[rid].state == "completed")
-    url = emulator.requests[rid].image_urls[0]
-    emulator.config.faults.file_ttl = 0.2
-    assert httpx.get(url).status_code == 200
-    time.sleep(0.25)
-    assert httpx.get(url).status_code == 403
+    record = emulator.requests[rid]
+    emulator.config.faults.file_ttl = 60.0
+    assert httpx.get(record.image_urls[0]).status_code == 200
+    record.completed -= 61  # type: ignore[operator]  # as if a minute had passed
+    response = httpx.get(record.image_urls[0])
+    assert response.status_code == 403 and "expired" in response.text
 
 
 def test_failing_jobs(emulator: EmulatorHandle, api: httpx.Client) -> None:
