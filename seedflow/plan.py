@@ -485,7 +485,8 @@ class Planner:
         self._problems.extend([Problem(
             f"the sweep has {count:,} jobs, more than the limit of {self.max_jobs:,}",
             field="matrix", hint=f"narrow the matrix or seeds, or raise the limit with "
-            f"--max-jobs {count}", **self._where(path),
+            f"--max-jobs {count}", file=self.pipeline.path,
+            line=self.pipeline.positions.key_line(path) if path else None,
         )])
         return False
 
@@ -617,7 +618,8 @@ class Planner:
             name = str(path[0]) if path else None
             field_ = f"input.{name}" if name else "input"
             value = error.instance
-            key = ("schema", group.name, field_, error.validator, _hashable(value))
+            same = _hashable(value) if error.validator in ("enum", "type", "const") else None
+            key = ("schema", group.name, field_, error.validator, same)
             origin = self._value_origin(state, rendered, name)
             self._problems.add(key, lambda: Problem(
                 _schema_message(error, name, value),

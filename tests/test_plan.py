@@ -1,0 +1,317 @@
+"""Planning: jobs, ids, model validation with located errors, the count rule, limits, locks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seedflow import Job, Plan, plan_file
+from seedflow.errors import LimitExceeded, LockMismatch, PipelineError, Problem
+from seedflow.pipeline import parse_pipeline
+from seedflow.plan import (
+    Totals,
+    _IdMaker,
+    check_limits,
+    check_lock,
+    iter_jobs,
+    job_id,
+    lock_path,
+    plan_pipeline,
+    write_lock,
+)
+
+MODEL = "bytedance/seedream-4-0/sequential"
+SUNSET = Path(__file__).parent.parent / "pipelines" / "sunset-study.yaml"
+
+BASE = dedent(
+    """\
+    version: 1
+    name: planned
+    model: bytedance/seedream-4-0/sequential
+    vars: {place: calm ocean}
+    input:
+      text: "Generate {{ count }} images of a {{ mood }} sunset over a {{ place }}."
+      sequential_image_generation_options: "{{ count }}"
+      image_size: "{{ size }}"
+    matrix:
+      mood: [beautiful, stormy]
+      size: ["2560:1440 (16:9)", "2048:2048 (1:1)"]
+      count: [3]
+    seeds: [1, 2]
+    """
+)
+
+
+def plan_text(text: str, **kw: Any) -> Plan:
+    return plan_pipeline(parse_pipeline(text, "p.yaml"), **kw)
+
+
+def errors_of(text: str, **kw: Any) -> list[Problem]:
+    with pytest.raises(PipelineError) as info:
+        plan_text(text, **kw)
+    return info.value.errors
+
+
+def test_the_issue_example_plans_exactly() -> None:
+    plan = plan_file(SUNSET)
+    assert [j.name for j in plan.jobs] == [
+        "beautiful-2560-1440-16-9-s100", "beautiful-2560-1440-16-9-s101",
+        "stormy-2560-1440-16-9-s100", "stormy-2560-1440-16-9-s101",
+        "stormy-2048-2048-1-1-s100", "stormy-2048-2048-1-1-s101",
+        "stormy-1440-2560-9-16-s100", "stormy-1440-2560-9-16-s101",
+    ]
+    last = plan.jobs[-1]
+    assert last.input == {
+        "text": "Generate 4 images of a stormy sunset over a calm ocean.",
+        "sequential_image_generation_options": 4,
+        "image_size": "1440:2560 (9:16)",
+        "optimize_prompt_options": "fast",  # defaults are filled in
+        "sequential_image_generation": "auto",
+        "seed": 101,
+    }
+    assert last.images == 4 and last.seed == 101 and last.index == 7 and last.group is None
+    assert last.variables == {"place": "calm ocean", "mood": "stormy", "size": "1440:2560 (9:16)",
+                              "count": 4, "seed": 101}
+    assert plan.total_images == 6 * 3 + 2 * 4
+    assert plan.estimated_cost == pytest.approx(26 * 0.027)
+    assert plan.currency == "USD"
+    assert plan.axes == {
+        "mood": ("beautiful", "stormy"),
+        "size": ("2560:1440 (16:9)", "2048:2048 (1:1)", "1440:2560 (9:16)"),
+        "count": (3, 4),
+        "seed": (100, 101),
+    }
+    assert plan.pipeline_text == SUNSET.read_text() and plan.pipeline_name == "sunset-study"
+
+
+def test_job_ids_hash_model_and_exact_input() -> None:
+    plan = plan_text(BASE)
+    ids = [j.id for j in plan.jobs]
+    assert len(set(ids)) == len(ids)
+    assert all(i.startswith("j") and len(i) == 17 for i in ids)
+    for job in plan.jobs:
+        assert job.id == job_id(job.model, job.input)
+    # the same input gives the same id in another pipeline, whatever the job is called
+    other = plan_text(BASE.replace("name: planned", "name: other") + "job_name: x{{ seed }}\n")
+    assert {j.id for j in other.jobs} == set(ids)
+    # known value: sha256 of the canonical JSON, so every machine agrees
+    assert job_id(MODEL, {"text": "a", "seed": 1}) == "j" + __import__("hashlib").sha256(
+        b'{"input":{"seed":1,"text":"a"},"model":"bytedance/seedream-4-0/sequential"}').hexdigest()[:16]
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=False),
+              st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=6), json_values, max_size=5),
+       st.dictionaries(st.text(max_size=6), json_values, max_size=3))
+def test_fast_ids_equal_job_id(shared: dict[str, Any], own: dict[str, Any]) -> None:
+    body = {**shared, **own}
+    maker = _IdMaker(MODEL, body, list(own))
+    assert maker(body) == job_id(MODEL, body)
+
+
+def test_job_to_dict_round_trips_through_json() -> None:
+    job = plan_text(BASE).jobs[0]
+    data = json.loads(json.dumps(job.to_dict()))
+    assert Job(**data) == job
+
+
+def test_plan_to_dict() -> None:
+    data = plan_text(BASE).to_dict()
+    assert data["totals"] == {"jobs": 8, "images": 24, "estimated_cost": pytest.approx(0.648), "currency": "USD"}
+    assert data["pipeline"]["name"] == "planned" and len(data["jobs"]) == 8
+    assert data["axes"]["seed"] == [1, 2]
+
+
+def test_derived_seeds_are_in_the_input_and_not_an_axis() -> None:
+    plan = plan_text(BASE.replace("seeds: [1, 2]\n", ""))
+    assert all(j.input["seed"] == j.seed for j in plan.jobs)
+    assert "seed" not in plan.axes
+
+
+def test_a_seed_written_in_the_input_wins() -> None:
+    plan = plan_text(BASE.replace("  image_size:", "  seed: 42\n  image_size:"))
+    assert {j.seed for j in plan.jobs} == {42}
+
+
+# --- errors: every one located --------------------------------------------------------------------
+
+
+def test_an_invalid_enum_value_points_at_the_matrix_value() -> None:
+    (problem,) = errors_of(BASE.replace('"2048:2048 (1:1)"]', '"16:9"]'))
+    assert problem.message == "'16:9' is not an allowed image_size (in 4 jobs)"
+    assert problem.hint == "did you mean '2560:1440 (16:9)'?"
+    assert problem.line == 11 and problem.column == 30 and problem.field == "input.image_size"
+    assert problem.job == "beautiful-16-9-3-s1" and problem.variables is not None
+    assert problem.variables["size"] == "16:9"
+    assert "p.yaml:11:30" in problem.format()
+
+
+@pytest.mark.parametrize(("wrong", "meant"), [
+    ("2048:2048", "2048:2048 (1:1)"), ("3:2", "2496:1664 (3:2)"), ("2560:1440 (16:10)", "2560:1440 (16:9)"),
+])
+def test_enum_suggestions_match_the_ratio_or_the_size(wrong: str, meant: str) -> None:
+    (problem,) = errors_of(BASE.replace('"2048:2048 (1:1)"]', f'"{wrong}"]'))
+    assert problem.hint == f"did you mean {meant!r}?"
+
+
+def test_every_error_of_a_pipeline_is_reported_together() -> None:
+    text = BASE.replace('"2048:2048 (1:1)"]', '"16:9"]').replace("count: [3]", "count: [3, 20]")
+    problems = errors_of(text)
+    fields = sorted((p.field, p.line) for p in problems)
+    assert fields == [("input.image_size", 11), ("input.sequential_image_generation_options", 12)]
+    count = next(p for p in problems if "20" in p.message)
+    assert count.message.startswith("20 is not an allowed sequential_image_generation_options")
+    assert count.hint == "allowed: 1 to 15"
+
+
+def test_a_literal_value_error_points_at_the_input_line() -> None:
+    (problem,) = errors_of(BASE.replace('"{{ size }}"', '"square"'))
+    assert problem.line == 8 and problem.field == "input.image_size"
+
+
+def test_type_errors_explain_the_template_rule() -> None:
+    (problem,) = errors_of(BASE.replace('sequential_image_generation_options: "{{ count }}"',
+                                        'sequential_image_generation_options: "n{{ count }}"'))
+    assert problem.field == "input.sequential_image_generation_options" and problem.line == 7
+    assert "must be an integer" in problem.message and problem.hint == "use a whole number"
+    (problem,) = errors_of(BASE.replace('sequential_image_generation_options: "{{ count }}"',
+                                        'sequential_image_generation_options: "{{ count }} "'))
+    assert "exactly one" in (problem.hint or "")
+
+
+def test_a_too_long_prompt() -> None:
+    (problem,) = errors_of(BASE.replace("calm ocean", "x" * 600))
+    assert problem.field == "input.text" and problem.line == 6 and "600 allowed" in problem.message
+
+
+def test_unknown_input_fields_suggest_the_closest() -> None:
+    problems = errors_of(BASE.replace("  image_size:", "  image_siz: x\n  image_size:"))
+    (problem,) = problems
+    assert problem.field == "input.image_siz" and problem.line == 8
+    assert problem.hint == "did you mean 'image_size'?"
+
+
+def test_unknown_model() -> None:
+    (problem,) = errors_of(BASE.replace("sequential\n", "sequencial\n", 1))
+    assert problem.field == "model" and problem.line == 3
+    assert problem.hint == f"did you mean '{MODEL}'?"
+
+
+def test_the_count_rule_mismatch_is_an_error() -> None:
+    text = BASE.replace("Generate {{ count }} images", "Generate four images")
+    (problem,) = errors_of(text)
+    assert problem.field == "input.text" and problem.line == 6
+    assert problem.message == "the prompt asks for 4 images but sequential_image_generation_options is 3 (in 8 jobs)"
+    assert "sequential_image_generation_options: 4" in (problem.hint or "")
+
+
+def test_the_count_rule_uses_the_default_count() -> None:
+    text = BASE.replace('  sequential_image_generation_options: "{{ count }}"\n', "")
+    text = text.replace("Generate {{ count }}", "Generate 2")
+    (problem,) = errors_of(text)
+    assert "is 3 (its default)" in problem.message
+
+
+def test_a_prompt_without_a_number_is_a_warning() -> None:
+    plan = plan_text(BASE.replace("Generate {{ count }} images of", "Paint"))
+    (warning,) = plan.warnings
+    assert warning.severity == "warning" and warning.line == 6 and warning.field == "input.text"
+    assert "does not state how many images" in warning.message
+    assert len(plan.jobs) == 8
+
+
+def test_the_count_rule_per_seed_when_the_prompt_reads_the_seed() -> None:
+    text = BASE.replace("Generate {{ count }} images", "Generate {{ count + seed - 1 }} images")
+    (problem,) = errors_of(text)  # seed 1 agrees, seed 2 asks for one more
+    assert "asks for 4 images" in problem.message and "(in 4 jobs)" in problem.message
+
+
+def test_max_jobs_refuses_a_large_sweep_with_its_position() -> None:
+    (problem,) = errors_of(BASE, max_jobs=5)
+    assert "8 jobs" in problem.message and "5" in problem.message
+    assert problem.line == 9 and "--max-jobs 8" in (problem.hint or "")
+    assert len(plan_text(BASE, max_jobs=8).jobs) == 8
+
+
+def test_max_jobs_counts_exactly_when_excludes_shrink_the_sweep() -> None:
+    text = BASE + "  exclude: [{mood: stormy}]\n"
+    assert len(plan_text(text.replace("seeds: [1, 2]\n", "") , max_jobs=2).jobs) == 2
+
+
+def test_problems_in_several_groups_name_each_job() -> None:
+    text = BASE + dedent(
+        """\
+        jobs:
+          good: {}
+          bad:
+            input: {optimize_prompt_options: turbo}
+        """
+    )
+    (problem,) = errors_of(text)
+    assert problem.line == 17 and problem.field == "input.optimize_prompt_options"
+    assert problem.job is not None and "allowed" in (problem.hint or "")
+
+
+def test_overrides_apply_and_unknown_ones_fail() -> None:
+    plan = plan_text(BASE, overrides=["mood=stormy", "seeds=[9]"])
+    assert [j.name for j in plan.jobs] == ["stormy-2560-1440-16-9-3-s9", "stormy-2048-2048-1-1-3-s9"]
+    assert plan.overrides == {"mood": "stormy", "seeds": [9]}
+    (problem,) = errors_of(BASE, overrides=["moood=x"])
+    assert problem.hint == "did you mean 'mood'?"
+
+
+# --- streaming, limits, locks ----------------------------------------------------------------
+
+
+def test_iter_jobs_streams_the_same_jobs() -> None:
+    planner = iter_jobs(SUNSET)
+    streamed = list(planner.jobs())
+    planner.raise_for_errors()
+    assert tuple(streamed) == plan_file(SUNSET).jobs
+    assert Totals.of(streamed) == plan_file(SUNSET).totals()
+
+
+def test_limits() -> None:
+    plan = plan_file(SUNSET)
+    check_limits(plan, max_images=26, max_cost=1.0)
+    with pytest.raises(LimitExceeded, match="26 images"):
+        check_limits(plan, max_images=25)
+    with pytest.raises(LimitExceeded, match="0.70 USD"):
+        check_limits(plan.totals(), max_cost=0.5)
+
+
+def test_lock_files(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(BASE)
+    plan = plan_file(path)
+    with pytest.raises(LockMismatch, match="no lock file"):
+        check_lock(plan)
+    written = write_lock(plan)
+    assert written == lock_path(path) == tmp_path / "study.lock.json"
+    locked = json.loads(written.read_text())
+    assert [j["id"] for j in locked["jobs"]] == [j.id for j in plan.jobs]
+    check_lock(plan_file(path))  # unchanged: passes
+    path.write_text(BASE.replace("[beautiful, stormy]", "[beautiful, calm]"))
+    with pytest.raises(LockMismatch) as info:
+        check_lock(plan_file(path))
+    message = info.value.format_message()
+    assert "4 new" in message and "4 gone" in message and "seedflow plan --lock" in message
+    path.write_text(BASE.replace("calm ocean", "quiet lake"))
+    with pytest.raises(LockMismatch, match="8 changed"):
+        check_lock(plan_file(path))
+    written.write_text("{not json")
+    with pytest.raises(LockMismatch, match="not a seedflow lock file"):
+        check_lock(plan_file(path))
