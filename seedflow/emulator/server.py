@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -42,6 +43,49 @@ class EmulatorHandle:
         records themselves are live.
         """
         return dict(self.state.requests)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, stopping at once when asked.
+
+    uvicorn notices ``should_exit`` on a 0.1 s tick and then sleeps another 0.1 s while
+    connections close; tests start and stop an emulator each, so those pauses add up.
+    """
+
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def stop(self) -> None:
+        """Ask the server to stop (from any thread)."""
+        self.should_exit = True
+        if self._loop is not None and self._wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def main_loop(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        ticks = asyncio.ensure_future(super().main_loop())
+        woken = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({ticks, woken}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (ticks, woken):
+            task.cancel()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            servers, connections = self.servers, self.server_state.connections
+        except AttributeError:  # another uvicorn: its own shutdown is slower but right
+            await super().shutdown(sockets)
+            return
+        for server in servers:
+            server.close()
+        for connection in list(connections):
+            connection.shutdown()  # idle keep-alive connections close now, busy ones after
+        deadline = time.monotonic() + 1.0
+        while connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        for server in servers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), timeout=1.0)
 
 
 def _uvicorn_config(app: ASGIApp, *, log_level: str = "warning") -> uvicorn.Config:
@@ -101,7 +145,7 @@ def serve_in_thread(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
 
     The socket is closed afterwards. (The status benchmark serves its baseline app this way.)
     """
-    server = uvicorn.Server(_uvicorn_config(app))
+    server = _Server(_uvicorn_config(app))
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="seedflow-emulator", daemon=True
     )
@@ -110,7 +154,7 @@ def serve_in_thread(app: ASGIApp, sock: socket.socket) -> Iterator[None]:
         _wait_started(server, thread)
         yield
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=10)
         sock.close()
 
