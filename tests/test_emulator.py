@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from seedflow.cli import cli
@@ -566,3 +568,14 @@ def test_cli_serves_the_documented_flow() -> None:
 def test_canonical_json_is_order_independent() -> None:
     assert canonical_json({"b": 1, "a": [1, 2]}) == canonical_json({"a": [1, 2], "b": 1})
     assert canonical_json({"a": 1}) == json.dumps({"a": 1}, separators=(",", ":"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(width=st.integers(1, 10_000), height=st.integers(1, 10_000))
+def test_small_images_keep_the_aspect_ratio(width: int, height: int) -> None:
+    w, h = image_dimensions(f"{width}:{height} (x)")
+    assert max(w, h) == 256
+    # Each side is the scaled side rounded to a whole pixel (at least one).
+    scale = 256 / max(width, height)
+    assert abs(w - max(1.0, width * scale)) <= 0.5 and abs(h - max(1.0, height * scale)) <= 0.5
+    assert image_dimensions(f"{width}:{height} (x)", full_size=True) == (width, height)
