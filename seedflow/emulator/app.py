@@ -29,6 +29,13 @@ __all__ = ["EmulatorState", "create_app"]
 
 # RunComfy's documented error codes.
 MODEL_UNKNOWN, NO_BALANCE, BAD_TOKEN, NOT_FOUND = 400001, 400002, 400004, 404001
+_CODE_MESSAGES = {
+    MODEL_UNKNOWN: "unknown or invalid model id",
+    NO_BALANCE: "insufficient balance: top up your account",
+    BAD_TOKEN: "invalid or missing API token",
+    403001: "this request belongs to another account",
+    NOT_FOUND: "request not found",
+}
 
 
 class EmulatorState:
@@ -131,7 +138,8 @@ def _fault_response(fault: Fault) -> Response | None:
     if kind == "503":
         return _error(503, "service temporarily unavailable")
     if kind == "error200":
-        return _error(200, "request could not be processed", fault.error_code())
+        code = fault.error_code()
+        return _error(200, _CODE_MESSAGES.get(code, "request could not be processed"), code)
     if kind == "drop":
         return _DroppedConnection()
     return None
@@ -149,7 +157,7 @@ class _Endpoint:
         token = token.strip()
         expected = self.state.config.token
         if scheme.lower() != "bearer" or not token or (expected is not None and token != expected):
-            return _error(401, "invalid or missing API token", BAD_TOKEN)
+            return _error(401, _CODE_MESSAGES[BAD_TOKEN], BAD_TOKEN)
         return None
 
     async def fault(self, endpoint: str) -> Fault | None:
@@ -270,7 +278,7 @@ def create_app(config: EmulatorConfig | None = None, *, base_url: str | None = N
         faults = state.config.faults
         if faults.balance is not None:
             if faults.balance <= 0:
-                return _error(402, "insufficient balance: top up your account", NO_BALANCE)
+                return _error(402, _CODE_MESSAGES[NO_BALANCE], NO_BALANCE)
             faults.balance -= 1
         record = _new_record(state, spec, body, ep.base_url(request))
         stats.submits += 1
