@@ -380,6 +380,7 @@ class Executor:
         abort_event = self.stop._bind()
         self.stop._listeners.append(self._on_stop)
         work = self._plan_work()
+        self.store.remove_partial_files()  # nothing is writing them: the run is locked
         self.store.set_meta(ended_at=None, stop_reason=None)
         self.store.add_event("run_started", data={"work": len(work)})
         self.store.write_manifest()

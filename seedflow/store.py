@@ -383,12 +383,15 @@ class RunStore:
         from . import __version__
 
         run_id = run_id or new_run_id()
-        folder = Path(root) / sanitize_name(plan.pipeline_name) / run_id
+        final = Path(root) / sanitize_name(plan.pipeline_name) / run_id
+        # built under a hidden name and renamed when complete: a crash while creating leaves
+        # no half-made run behind (nothing has been sent yet)
+        folder = final.with_name(f".{run_id}.creating")
         try:
             folder.mkdir(parents=True, exist_ok=False)
             (folder / IMAGES).mkdir()
         except OSError as exc:
-            raise RunError(f"cannot create the run folder {folder}: {exc.strerror or exc}") from exc
+            raise RunError(f"cannot create the run folder {final}: {exc.strerror or exc}") from exc
         _atomic_write(folder / "pipeline.yaml", plan.pipeline_text.encode("utf-8"))
         plan_json = json.dumps(plan.to_dict(), indent=2, ensure_ascii=False, default=str)
         _atomic_write(folder / "plan.json", plan_json.encode("utf-8"))
@@ -437,6 +440,13 @@ class RunStore:
                     ),
                 )  # fmt: skip
         store.add_event("run_created", data={"jobs": len(plan.jobs)})
+        store._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store._conn.close()
+        try:
+            os.rename(folder, final)
+        except OSError as exc:
+            raise RunError(f"cannot create the run folder {final}: {exc.strerror or exc}") from exc
+        store = cls._connect(final)
         store.write_manifest()
         return store
 
@@ -715,6 +725,17 @@ class RunStore:
         """``path`` relative to the run folder, with POSIX separators."""
         return path.resolve().relative_to(self.path.resolve()).as_posix()
 
+    def remove_partial_files(self) -> int:
+        """Delete temporary files an interrupted download or write left behind."""
+        removed = 0
+        for folder in (self.path, self.path / IMAGES):
+            for leftover in folder.glob(".*"):
+                if leftover.is_file() and leftover.name.endswith((".part", ".tmp")):
+                    with contextlib.suppress(OSError):
+                        leftover.unlink()
+                        removed += 1
+        return removed
+
     # -- manifest --------------------------------------------------------------------------
 
     def status(self, counts: Mapping[str, int] | None = None) -> str:
@@ -794,7 +815,7 @@ class RunStore:
 def _run_folders(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
-    found = [p.parent for p in root.glob(f"*/*/{JOURNAL}")]
+    found = [p.parent for p in root.glob(f"*/*/{JOURNAL}") if not p.parent.name.startswith(".")]
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
