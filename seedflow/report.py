@@ -102,6 +102,11 @@ class Entry:
     def name(self) -> str:
         return str(self.job.get("name", ""))
 
+    @property
+    def label(self) -> str:
+        """The word on the cell's badge: the job's own state while it waits or runs."""
+        return str(self.job.get("state", "waiting")) if self.status == "waiting" else self.status
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -692,26 +697,32 @@ def make_thumbnails(run_dir: Path, grid: Grid, *, size: int = THUMB_SIZE) -> Gri
     written again after each job only makes the new ones. An image Pillow cannot read gets
     status ``unreadable`` and its cell is marked, not dropped.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     run_dir = Path(run_dir)
     (run_dir / THUMBS_DIR).mkdir(exist_ok=True)
-    done: dict[str, Tile] = {}
+    wanted: dict[str, str] = {}  # image path -> thumbnail name
+    for tile in grid.tiles():
+        if tile.status == "ok" and tile.path is not None and tile.path not in wanted:
+            sha = tile.sha256 or _file_sha256(run_dir / tile.path)
+            wanted[tile.path] = _thumb_name(sha, size)
+    missing = {p: n for p, n in wanted.items() if not (run_dir / n).is_file()}
+
+    def make(item: tuple[str, str]) -> tuple[str, bool]:
+        path, name = item
+        return path, _thumbnail(run_dir / path, run_dir / name, size)
+
+    # Pillow decodes and resizes without the GIL: threads use every core.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        failed = {path for path, ok in pool.map(make, missing.items()) if not ok}
 
     def convert(tile: Tile) -> Tile:
-        if tile.status != "ok" or tile.path is None:
+        if tile.path not in wanted or tile.status != "ok":
             return tile
-        if tile.path in done:
-            return done[tile.path]
-        source = run_dir / tile.path
-        sha = tile.sha256 or _file_sha256(source)
-        name = _thumb_name(sha, size)
-        target = run_dir / name
-        result = tile
-        if target.is_file() or _thumbnail(source, target, size):
-            result = _replace(tile, thumb=name, sha256=sha)
-        else:
-            result = _replace(tile, status="unreadable")
-        done[tile.path] = result
-        return result
+        if tile.path in failed:
+            return _replace(tile, status="unreadable")
+        name = wanted[tile.path]
+        return _replace(tile, thumb=name, sha256=name[len(THUMBS_DIR) + 1:].rsplit("-", 1)[0])
 
     return _map_entries(grid, lambda e: _with_tiles(e, tuple(convert(t) for t in e.tiles)))
 
@@ -723,9 +734,10 @@ def _thumbnail(source: Path, target: Path, size: int) -> bool:
     try:
         with Image.open(source) as image:
             image.draft("RGB", (size, size))  # JPEG decodes at a lower scale: much faster
-            image = ImageOps.exif_transpose(image)
-            image.thumbnail((size, size), Image.Resampling.LANCZOS)
-            flat = _flatten(image)
+            # Shrink first (a box into a square box: orientation does not matter), then turn
+            # the small copy upright: the full-size image is never copied.
+            image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            flat = _flatten(ImageOps.exif_transpose(image))
     except (UnidentifiedImageError, OSError, ValueError):
         return False
     from io import BytesIO
@@ -881,12 +893,20 @@ def _detail(
         "reused_from": job.get("reused_from"),
         "input": inputs,
         "command": reproduce_command(manifest, job, pipeline),
+        "command_note": _command_note(manifest),
         "tiles": [
             {"index": t.index, "path": _href(t.path) if t.path else None, "status": t.status,
              "sha256": t.sha256, "bytes": t.bytes, "width": t.width, "height": t.height}
             for t in entry.tiles
         ],
     }
+
+
+def _command_note(manifest: Mapping[str, Any]) -> str:
+    path = (manifest.get("pipeline") or {}).get("path")
+    if isinstance(path, str) and _safe_relative(path) is not None:
+        return "from the folder the run was started in"
+    return "from this run folder: pipeline.yaml is its copy of the pipeline"
 
 
 def _script_json(data: Any) -> str:

@@ -472,3 +472,50 @@ def test_every_reproduce_command_plans_exactly_its_job(real_run: Path) -> None:
         overrides = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
         plan = plan_file(real_run / "pipeline.yaml", overrides=overrides)
         assert [j.id for j in plan.jobs] == [job["id"]], (job["name"], overrides)
+
+
+def test_thumbnails_are_turned_upright_from_exif(tmp_path: Path) -> None:
+    from seedflow.report import _thumbnail
+
+    image = Image.new("RGB", (800, 400), (200, 10, 10))
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored landscape, shown rotated a quarter turn: portrait
+    image.save(tmp_path / "photo.jpg", exif=exif)
+    assert _thumbnail(tmp_path / "photo.jpg", tmp_path / "thumb.jpg", 320)
+    with Image.open(tmp_path / "thumb.jpg") as thumb:
+        assert thumb.size == (160, 320)
+
+
+def test_live_report_reloads_while_running_and_ends_static(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from seedflow.report import LiveReport
+
+    run = make_run(tmp_path, axes={"style": ["a", "b"]}, ended=False, states={1: "running"})
+    seen: list[str] = []
+    live = LiveReport(min_interval=0.01, chain=lambda event: seen.append(event.kind))
+    live(SimpleNamespace(kind="job_completed"))  # before the run started: nothing to write
+    assert not (run / "report.html").exists()
+    live(SimpleNamespace(kind="run_started", message=str(run)))
+    live(SimpleNamespace(kind="job_completed"))
+    import time
+
+    deadline = time.monotonic() + 10
+    while not (run / "report.html").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "location.reload()" in (run / "report.html").read_text(encoding="utf-8")
+    live(SimpleNamespace(kind="run_aborted", message=str(run)))  # interrupted: nothing will
+    assert "location.reload()" not in (run / "report.html").read_text(encoding="utf-8")
+    assert seen == ["job_completed", "run_started", "job_completed", "run_aborted"]
+    assert live.errors == []
+
+
+def test_live_report_keeps_errors_instead_of_breaking_the_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from seedflow.report import LiveReport
+
+    live = LiveReport(x="nope")
+    live(SimpleNamespace(kind="run_started", message=str(tmp_path)))
+    live(SimpleNamespace(kind="run_finished", message=str(tmp_path)))
+    assert live.errors and "manifest" in live.errors[-1]
