@@ -148,18 +148,23 @@ def main() -> None:
         time.sleep(0.2)
         assert all(emu.requests[r].state == "completed" for r in finished)
         ids = finished + queued
-        status_rate = _measure(emu.base_url, [f"/v1/requests/{r}/status" for r in ids],
-                               args.seconds, args.connections)  # fmt: skip
-        result_rate = _measure(emu.base_url, [f"/v1/requests/{r}/result" for r in finished],
-                               args.seconds, args.connections)  # fmt: skip
-        calls = emu.stats.status_calls
         sample = httpx.get(f"{emu.base_url}/v1/requests/{queued[-1]}/status",
                            headers={"Authorization": "Bearer bench"}).json()  # fmt: skip
-    status_paths = [f"/v1/requests/{r}/status" for r in ids]
-    floor_rate = _measure_baseline(sample, status_paths, args.seconds, args.connections)
+        status_paths = [f"/v1/requests/{r}/status" for r in ids]
+        result_paths = [f"/v1/requests/{r}/result" for r in finished]
+        # Alternate the measurements and keep each one's best, so that other load on the
+        # machine does not favour whichever ran in a quiet moment.
+        half = args.seconds / 2
+        status_runs, result_runs, floor_runs = [], [], []
+        for _ in range(2):
+            status_runs.append(_measure(emu.base_url, status_paths, half, args.connections))
+            floor_runs.append(_measure_baseline(sample, status_paths, half, args.connections))
+            result_runs.append(_measure(emu.base_url, result_paths, half, args.connections))
+        calls = emu.stats.status_calls
+    status_rate, result_rate, floor_rate = max(status_runs), max(result_runs), max(floor_runs)
 
     print(
-        f"emulator on one core, {args.connections} keep-alive connections, {args.seconds:g} s each"
+        f"emulator on one core, {args.connections} keep-alive connections, best of 2 x {half:g} s"
     )
     print(
         f"  status: {status_rate:8.0f} req/s  ({status_rate / TARGET:.2f}x the {TARGET:.0f} req/s target)"
