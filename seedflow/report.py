@@ -33,25 +33,25 @@ if TYPE_CHECKING:
     from .pipeline import Pipeline
 
 __all__ = [
-    "Tile",
-    "Entry",
-    "Cell",
-    "Page",
-    "Grid",
     "REPORT_NAME",
     "THUMBS_DIR",
-    "load_manifest",
-    "find_run_dir",
-    "default_axes",
+    "Cell",
+    "Entry",
+    "Grid",
+    "LiveReport",
+    "Page",
+    "Tile",
     "build_grid",
+    "default_axes",
+    "find_run_dir",
+    "load_manifest",
+    "load_pipeline_copy",
     "make_thumbnails",
     "render_html",
-    "write_report",
-    "LiveReport",
-    "write_sheet",
     "reproduce_command",
-    "load_pipeline_copy",
     "value_label",
+    "write_report",
+    "write_sheet",
 ]
 
 REPORT_NAME = "report.html"
@@ -618,7 +618,7 @@ def load_manifest(run_dir: Path) -> dict[str, Any]:
 def _manifest_validator() -> jsonschema.protocols.Validator:
     schema = load_bundled_schema("manifest.schema.json")
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return cls(schema)
 
 
 def find_run_dir(run: str | os.PathLike[str], out: str | os.PathLike[str] = "runs") -> Path:
@@ -818,8 +818,8 @@ def _parse_time(text: Any) -> datetime | None:
 
 
 def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
         return f"{hours} h {minutes:02d} min"
@@ -1248,7 +1248,6 @@ class LiveReport:
             self._thread = None
 
     def _loop(self) -> None:
-        import time
 
         while True:
             with self._wake:

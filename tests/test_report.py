@@ -13,6 +13,7 @@ from urllib.parse import unquote
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from report_fixtures import make_run
 
 from seedflow.cli import cli
 from seedflow.errors import RunError, UsageError
@@ -25,8 +26,6 @@ from seedflow.report import (
     write_report,
     write_sheet,
 )
-
-from report_fixtures import make_run
 
 AXES = {"style": ["oil", "watercolor", "pixel art"], "subject": ["fox", "owl"], "seed": [1, 2]}
 # index of a job in make_run's product order: style outermost, then subject, then seed

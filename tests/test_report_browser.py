@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from report_fixtures import make_run
+
 from seedflow.report import write_report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -109,7 +109,7 @@ def test_a_failed_cell_opens_its_reason_and_the_page_survives_a_reload(
 def test_a_running_report_reloads_itself(tmp_path: Path, page: Any) -> None:
     run = make_run(tmp_path, axes={"style": ["a", "b"]}, ended=False, states={1: "running"})
     report = run / "report.html"
-    from seedflow.report import load_manifest, render_html, build_grid, make_thumbnails
+    from seedflow.report import build_grid, load_manifest, make_thumbnails, render_html
 
     manifest = load_manifest(run)
     grid = make_thumbnails(run, build_grid(manifest))
