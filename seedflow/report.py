@@ -130,6 +130,7 @@ class AxisValue:
 
     key: str
     label: str
+    note: str = ""  # values of axes that follow from this one, e.g. "count=4"
 
 
 @dataclass(frozen=True)
@@ -417,8 +418,14 @@ def build_grid(
         fixed_of[key] = fixed
 
     axes_values: Mapping[str, Sequence[Any]] = manifest.get("axes") or {}
+    # Axes that follow from x (or y) alone are shown beside its labels, e.g. "count=4".
+    hidden = [a for a in available if a not in on_grid and a not in page_axes]
+    followers = {
+        axis: [a for a in hidden if _determined(a, (axis,), jobs)] for axis in on_grid
+    }
     built = tuple(
-        _page(key, fixed_of[key], members, x, y, axes_values) for key, members in pages.items()
+        _page(key, fixed_of[key], members, x, y, axes_values, followers)
+        for key, members in pages.items()
     )
     problems = tuple(
         f"job {j.get('name')!r} is in the plan but not in the manifest"
@@ -453,15 +460,24 @@ def _page_fixed(job: Mapping[str, Any], page_axes: Sequence[str]) -> tuple[tuple
 
 
 def _ordered_values(
-    axis: str | None, jobs: Sequence[Mapping[str, Any]], axes_values: Mapping[str, Sequence[Any]]
+    axis: str | None,
+    jobs: Sequence[Mapping[str, Any]],
+    axes_values: Mapping[str, Sequence[Any]],
+    followers: Sequence[str] = (),
 ) -> list[AxisValue]:
-    """The values of ``axis`` present among ``jobs``: pipeline order first, then as met."""
+    """The values of ``axis`` present among ``jobs``: pipeline order first, then as met.
+
+    Each is noted with the values of ``followers``, the axes whose value follows from it.
+    """
     if axis is None:
         return [AxisValue(key="", label="")]
     present: dict[str, AxisValue] = {}
     for job in jobs:
         value = _axis_value(job, axis)
-        present.setdefault(value.key, value)
+        if value.key not in present:
+            notes = [f"{name}={_axis_value(job, name).label}" for name in followers
+                     if _job_value(job, name) is not _MISSING]
+            present[value.key] = AxisValue(value.key, value.label, " · ".join(notes))
     ordered: list[AxisValue] = []
     for value in axes_values.get(axis, ()):
         key = value_key(value)
@@ -478,10 +494,11 @@ def _page(
     x: str | None,
     y: str | None,
     axes_values: Mapping[str, Sequence[Any]],
+    followers: Mapping[str | None, Sequence[str]],
 ) -> Page:
     jobs = [job for job, _ in members]
-    columns = _ordered_values(x, jobs, axes_values)
-    rows = _ordered_values(y, jobs, axes_values)
+    columns = _ordered_values(x, jobs, axes_values, followers.get(x, ()))
+    rows = _ordered_values(y, jobs, axes_values, followers.get(y, ()))
     slots: dict[tuple[str, str], list[Entry]] = {}
     for job, entry in members:
         cx = _axis_value(job, x).key if x else ""
@@ -893,7 +910,7 @@ def _detail(
         "reused_from": job.get("reused_from"),
         "input": inputs,
         "command": reproduce_command(manifest, job, pipeline),
-        "command_note": _command_note(manifest),
+        "command_note": _command_note(manifest, pipeline),
         "tiles": [
             {"index": t.index, "path": _href(t.path) if t.path else None, "status": t.status,
              "sha256": t.sha256, "bytes": t.bytes, "width": t.width, "height": t.height}
@@ -902,11 +919,17 @@ def _detail(
     }
 
 
-def _command_note(manifest: Mapping[str, Any]) -> str:
+def _command_note(manifest: Mapping[str, Any], pipeline: Pipeline | None) -> str:
     path = (manifest.get("pipeline") or {}).get("path")
     if isinstance(path, str) and _safe_relative(path) is not None:
-        return "from the folder the run was started in"
-    return "from this run folder: pipeline.yaml is its copy of the pipeline"
+        note = "from the folder the run was started in"
+    else:
+        note = "from this run folder: pipeline.yaml is its copy of the pipeline"
+    groups = {j.get("group") for j in manifest.get("jobs") or []}
+    if (pipeline is not None and len(pipeline.groups) > 1) or len(groups) > 1:
+        # --set reaches every group that has the key: it cannot leave the others out.
+        note += "; it also plans the jobs of the pipeline's other job groups"
+    return note
 
 
 def _script_json(data: Any) -> str:

@@ -58,7 +58,7 @@ class PageParser(HTMLParser):
             self.cells.append(a)
         if tag == "script":
             self._script = []
-        if tag == "span" and self._text is not None and "axisname" in a.get("class", ""):
+        if tag == "span" and self._text is not None and a.get("class") in ("axisname", "note"):
             self._skip = True
 
     def handle_endtag(self, tag: str) -> None:
@@ -450,6 +450,8 @@ def test_report_of_a_real_run_has_every_job_and_links_only_files_of_the_run(
     # x = size (3 values); count follows from size (an include), so mood takes the rows
     sizes = manifest["axes"]["size"]
     assert parsed.col_labels == sizes * 2 and parsed.row_labels == ["beautiful", "stormy"] * 2
+    grid = build_grid(manifest)
+    assert [c.note for c in grid.pages[-1].columns] == ["count=3", "count=3", "count=4"]
     assert "location.reload()" not in html  # the run has ended: the last write is static
     for link in parsed.links:
         assert not re.match(r"^[a-z]+:|^/", link) and (real_run / unquote(link)).is_file(), link
