@@ -237,23 +237,53 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class PollPolicy:
     """How :meth:`Client.wait` polls: soon at first, slower the further back in the queue,
-    fast while running so completion is noticed promptly."""
+    fast while running so completion is noticed promptly.
+
+    While a job is queued, the wait measures how fast its queue position drops and polls again
+    about halfway to the expected start; until the queue has moved, it guesses from the position.
+    """
 
     first_delay: float = 0.25
     running_interval: float = 1.0  # cap while in_progress
     growth: float = 1.5  # each poll in the same state waits this much longer, up to the cap
     queue_interval: float = 10.0  # cap while in_queue
-    per_queue_position: float = 0.5  # extra seconds per job ahead in the queue
+    per_queue_position: float = 0.1  # guess: extra seconds per job ahead, before any movement
     unknown_status_timeout: float = 60.0  # an undocumented state is an error after this long
     unreachable_timeout: float = 300.0  # polls failing (after their retries) this long: error
 
-    def next_delay(self, status: Status, polls_in_state: int) -> float:
-        """Seconds until the next status poll, after ``polls_in_state`` polls in this state."""
+    def next_delay(
+        self, status: Status, polls_in_state: int, drain_rate: float | None = None
+    ) -> float:
+        """Seconds until the next status poll, after ``polls_in_state`` polls in this state.
+
+        ``drain_rate``: queue positions per second, as measured while this job waited.
+        """
         grown = self.first_delay * self.growth ** max(0, polls_in_state)
-        if status.state == "in_queue":
-            ahead = max(0, status.queue_position or 0)
-            return min(self.queue_interval, grown + self.per_queue_position * ahead)
-        return min(self.running_interval, grown)
+        if status.state != "in_queue":
+            return min(self.running_interval, grown)
+        ahead = max(0, status.queue_position or 0)
+        if drain_rate:
+            guess = 0.5 * (ahead + 1) / drain_rate
+        else:
+            guess = grown + self.per_queue_position * ahead
+        return min(self.queue_interval, max(self.first_delay, guess))
+
+
+class _QueueWatch:
+    """Measures how fast a job's queue position drops (positions per second)."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None
+
+    def drain_rate(self, status: Status) -> float | None:
+        """Note a status; the drain rate so far, or None until the queue has moved."""
+        if status.state != "in_queue" or status.queue_position is None:
+            return None
+        now = time.monotonic()
+        if self._first is None or status.queue_position > self._first[1]:
+            self._first = (now, status.queue_position)
+        moved = self._first[1] - status.queue_position
+        return moved / max(now - self._first[0], 1e-3) if moved > 0 else None
 
 
 class _RateLimiter:
@@ -462,7 +492,7 @@ class Client:
         await self._sleep(self.poll.first_delay)
         seen: Status | None = None
         polls_in_state = 0
-        failing, strange = _Stopwatch(), _Stopwatch()
+        failing, strange, queue = _Stopwatch(), _Stopwatch(), _QueueWatch()
         while True:
             try:
                 status = await self.status(request_id)
@@ -490,7 +520,8 @@ class Client:
                 problem = f"the API reports an undocumented state '{status.state}'"
             else:
                 strange.reset()
-                await self._sleep(self.poll.next_delay(status, polls_in_state))
+                drain = queue.drain_rate(status)
+                await self._sleep(self.poll.next_delay(status, polls_in_state, drain))
                 continue
             if strange.tick() > self.poll.unknown_status_timeout:
                 raise UnexpectedResponse(

@@ -21,6 +21,7 @@ from seedflow.client import (
     PollPolicy,
     RetryPolicy,
     Status,
+    _QueueWatch,
     _RateLimiter,
     normalise_state,
     resolve_base_url,
@@ -575,6 +576,24 @@ def test_queue_position_further_back_waits_longer() -> None:
     far = policy.next_delay(Status("r", "in_queue", 30), 0)
     assert near < far <= policy.queue_interval
     assert policy.next_delay(Status("r", "in_progress"), 50) == policy.running_interval
+
+
+def test_a_measured_queue_drain_sets_the_next_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = PollPolicy()
+    # 9 ahead, the queue moves one place a second: look again halfway to the start
+    assert policy.next_delay(Status("r", "in_queue", 9), 3, drain_rate=1.0) == 5.0
+    assert policy.next_delay(Status("r", "in_queue", 0), 3, drain_rate=100.0) == policy.first_delay
+    assert policy.next_delay(Status("r", "in_queue", 500), 3, drain_rate=1.0) == 10.0
+
+    clock = [0.0]
+    monkeypatch.setattr("seedflow.client.time.monotonic", lambda: clock[0])
+    watch = _QueueWatch()
+    assert watch.drain_rate(Status("r", "in_queue", 10)) is None
+    clock[0] = 2.0
+    assert watch.drain_rate(Status("r", "in_queue", 10)) is None  # has not moved yet
+    clock[0] = 4.0
+    assert watch.drain_rate(Status("r", "in_queue", 6)) == pytest.approx(1.0)
+    assert watch.drain_rate(Status("r", "in_progress")) is None
 
 
 async def test_wait_returns_failed_and_cancelled_jobs() -> None:
