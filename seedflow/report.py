@@ -1101,36 +1101,56 @@ def _wrap(draw: Any, text: str, font: Any, width: int, lines: int) -> list[str]:
     return [_fit(draw, item, font, width) for item in out]
 
 
+def _tile_width(item: Tile, tile: int) -> int:
+    """Width of a tile drawn ``tile`` pixels high: the image's shape, within sane bounds."""
+    if item.status == "ok" and item.width and item.height:
+        return int(tile * min(max(item.width / item.height, 0.4), 2.4))
+    return int(tile * 0.75)
+
+
+def _cell_width(cell: Cell, tile: int, gap: int) -> int:
+    widths = [sum(_tile_width(t, tile) + gap for t in e.tiles) - gap for e in cell.entries]
+    return max([w for w in widths if w > 0] + [tile])
+
+
 def _sheet_page(run_dir: Path, page: Page, grid: Grid, tile: int, fonts: Mapping[str, Any]) -> Any:
     from PIL import Image, ImageDraw
 
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    per_cell = max((len(e.tiles) for e in page.entries()), default=1) or 1
-    jobs_per_cell = max((len(c.entries) for row in page.cells for c in row), default=1) or 1
     gap, pad = 4, 8
-    cell_w = per_cell * (tile + gap) - gap + 2 * pad
+    # Each column as wide as its widest cell: tiles keep their shape at a fixed height.
+    col_w = [
+        max(_cell_width(row[c], tile, gap) for row in page.cells) + 2 * pad
+        for c in range(len(page.columns))
+    ]
+    jobs_per_cell = max((len(c.entries) for row in page.cells for c in row), default=1) or 1
     cell_h = jobs_per_cell * (tile + gap) - gap + 2 * pad + 18  # + caption line
     label_w = 0
     if grid.y:
-        widths = [probe.textlength(r.label, font=fonts["label"]) for r in page.rows]
-        label_w = int(min(max(widths + [probe.textlength(grid.y, font=fonts["small"])]), 220)) + 20
+        texts = [probe.textlength(r.label, font=fonts["label"]) for r in page.rows]
+        texts += [probe.textlength(r.note, font=fonts["small"]) for r in page.rows]
+        label_w = int(min(max(texts + [probe.textlength(grid.y, font=fonts["small"])]), 220)) + 20
+    notes = any(c.note for c in page.columns)
     title_h = 30 if page.title else 0
-    head_h = 44 if grid.x else 0
-    width = label_w + len(page.columns) * cell_w
+    head_h = (62 if notes else 44) if grid.x else 0
+    width = label_w + sum(col_w)
     height = title_h + head_h + len(page.rows) * cell_h
     block = Image.new("RGB", (int(width), int(height)), _SHEET_COLORS["background"])
     draw = ImageDraw.Draw(block)
     if page.title:
         draw.text((0, 4), page.title, fill=_SHEET_COLORS["text"], font=fonts["label"])
     top = title_h
+    lefts = [label_w + sum(col_w[:i]) for i in range(len(col_w))]
     if grid.x:
         draw.text((label_w, top + 2), grid.x, fill=_SHEET_COLORS["muted"], font=fonts["small"])
-        for i, column in enumerate(page.columns):
-            left = label_w + i * cell_w
-            draw.rectangle([left, top + 18, left + cell_w - 2, top + head_h - 2],
+        for column, left, w in zip(page.columns, lefts, col_w):
+            draw.rectangle([left, top + 18, left + w - 2, top + head_h - 2],
                            fill=_SHEET_COLORS["header"])
-            text = _fit(draw, column.label, fonts["label"], cell_w - 12)
+            text = _fit(draw, column.label, fonts["label"], w - 12)
             draw.text((left + 6, top + 22), text, fill=_SHEET_COLORS["text"], font=fonts["label"])
+            if column.note:
+                draw.text((left + 6, top + 42), _fit(draw, column.note, fonts["small"], w - 12),
+                          fill=_SHEET_COLORS["muted"], font=fonts["small"])
         top += head_h
     if grid.y and title_h + head_h > 16:
         draw.text((2, top - 18), grid.y, fill=_SHEET_COLORS["muted"], font=fonts["small"])
@@ -1139,13 +1159,16 @@ def _sheet_page(run_dir: Path, page: Page, grid: Grid, tile: int, fonts: Mapping
         if grid.y:
             draw.rectangle([0, row_top, label_w - 4, row_top + cell_h - 2],
                            fill=_SHEET_COLORS["header"])
-            for n, line in enumerate(_wrap(draw, page.rows[r].label, fonts["label"],
-                                           label_w - 14, 4)):
+            lines = _wrap(draw, page.rows[r].label, fonts["label"], label_w - 14, 4)
+            for n, line in enumerate(lines):
                 draw.text((6, row_top + 8 + 18 * n), line, fill=_SHEET_COLORS["text"],
                           font=fonts["label"])
-        for c, cell in enumerate(row):
-            left = label_w + c * cell_w
-            _sheet_cell(block, draw, run_dir, cell, (left, row_top, cell_w - 2, cell_h - 2),
+            if page.rows[r].note:
+                draw.text((6, row_top + 8 + 18 * len(lines)),
+                          _fit(draw, page.rows[r].note, fonts["small"], label_w - 14),
+                          fill=_SHEET_COLORS["muted"], font=fonts["small"])
+        for cell, left, w in zip(row, lefts, col_w):
+            _sheet_cell(block, draw, run_dir, cell, (left, row_top, w - 2, cell_h - 2),
                         tile, gap, pad, fonts)
     return block
 
@@ -1154,7 +1177,7 @@ def _sheet_cell(
     block: Any, draw: Any, run_dir: Path, cell: Cell, box: tuple[int, int, int, int],
     tile: int, gap: int, pad: int, fonts: Mapping[str, Any],
 ) -> None:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     left, top, width, height = box
     draw.rectangle([left, top, left + width, top + height], fill=_SHEET_COLORS[cell.status])
@@ -1164,28 +1187,31 @@ def _sheet_cell(
         return
     for j, entry in enumerate(cell.entries):
         y = top + pad + j * (tile + gap)
-        for i, item in enumerate(entry.tiles):
-            x = left + pad + i * (tile + gap)
+        x = left + pad
+        for item in entry.tiles:
+            w = _tile_width(item, tile)
             if item.thumb and item.status == "ok":
                 with Image.open(run_dir / item.thumb) as thumb:
-                    thumb.thumbnail((tile, tile))
-                    block.paste(thumb, (x + (tile - thumb.width) // 2, y + (tile - thumb.height) // 2))
+                    fitted = ImageOps.contain(thumb, (w, tile))  # small images grow to fit
+                    block.paste(fitted, (x + (w - fitted.width) // 2,
+                                         y + (tile - fitted.height) // 2))
             else:
-                draw.rectangle([x, y, x + tile - 1, y + tile - 1], outline=_SHEET_COLORS["slot"],
+                draw.rectangle([x, y, x + w - 1, y + tile - 1], outline=_SHEET_COLORS["slot"],
                                width=2)
                 label = {"not_returned": "not returned", "missing": "file missing",
                          "unreadable": "unreadable"}.get(item.status, item.status)
                 draw.text((x + 8, y + 8), label, fill=_SHEET_COLORS["muted"], font=fonts["small"])
+            x += w + gap
         if not entry.tiles:
-            draw.text((left + pad, y), entry.status.upper(), fill=_SHEET_COLORS["text"],
+            draw.text((left + pad, y), entry.label.upper(), fill=_SHEET_COLORS["text"],
                       font=fonts["label"])
             for n, line in enumerate(_wrap(draw, entry.reason or "", fonts["small"],
                                            width - 2 * pad, 6)):
                 draw.text((left + pad, y + 22 + 16 * n), line, fill=_SHEET_COLORS["text"],
                           font=fonts["small"])
-    caption = cell.entries[0].reason if cell.status != "ok" else cell.entries[0].name
-    caption = f"{cell.status}: {caption}" if cell.status != "ok" and cell.entries[0].tiles else caption
-    if cell.entries[0].tiles or cell.status == "ok":
+    first = cell.entries[0]
+    if first.tiles:
+        caption = first.name if cell.status == "ok" else f"{first.label}: {first.reason}"
         draw.text((left + pad, top + height - 18),
                   _fit(draw, caption or "", fonts["small"], width - 2 * pad),
                   fill=_SHEET_COLORS["muted"], font=fonts["small"])
