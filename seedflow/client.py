@@ -15,13 +15,11 @@ has no token at all, and httpx drops ``Authorization`` on redirects to another o
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from .download import Download, fetch_file
 from .errors import (
     ApiError,
     AuthenticationError,
@@ -49,7 +48,6 @@ from .errors import (
 from .http import (
     certainly_not_sent,
     check_base_url,
-    describe_url,
     excerpt,
     map_transport_error,
     raise_for_answer,
@@ -84,7 +82,6 @@ TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 KNOWN_STATES = frozenset({"in_queue", "in_progress"}) | TERMINAL_STATES
 # The result endpoint spells success "succeeded"; American spelling of cancelled is tolerated.
 _STATE_ALIASES = {"succeeded": "completed", "canceled": "cancelled"}
-_DOWNLOAD_TYPES = ("image/", "video/", "application/octet-stream")
 _TOKEN_VARS = ("RUNCOMFY_API_TOKEN", "RUNCOMFY_TOKEN")
 _TOKEN_HINT = (
     "create a token in your RunComfy profile, then: export RUNCOMFY_API_TOKEN=<token> "
@@ -203,16 +200,6 @@ class CancelOutcome:
     request_id: str
     status: str
     outcome: Literal["cancelled", "not_cancellable"]
-
-
-@dataclass(frozen=True)
-class Download:
-    """A file fetched completely and renamed into place."""
-
-    path: Path
-    sha256: str
-    bytes: int
-    content_type: str | None
 
 
 # --- policies -----------------------------------------------------------------------------------
@@ -543,7 +530,7 @@ class Client:
         attempt = 0
         while True:
             try:
-                return await self._download_once(url, dest)
+                return await fetch_file(self._files, url, dest)
             except DownloadError as error:
                 attempt += 1
                 if not error.retryable or attempt >= self.retry.attempts:
@@ -551,63 +538,6 @@ class Client:
                 delay = self.retry.delay(attempt - 1)
                 log.info("%s; retrying in %.2f s", error.message, delay)
                 await self._sleep(delay)
-
-    async def _download_once(self, url: str, dest: Path) -> Download:
-        try:
-            parsed = httpx.URL(url)
-            if parsed.scheme not in ("http", "https") or not parsed.host:
-                raise ValueError(url)
-        except (httpx.InvalidURL, ValueError):
-            shown = url.split("?", 1)[0][:80]  # never a query string: it may carry a signature
-            raise _download_error(f"not an http(s) output URL: {shown}", retryable=False) from None
-        where = describe_url(parsed)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(
-                dir=dest.parent, prefix=f".{dest.name}.", suffix=".part"
-            )
-        except OSError as exc:
-            raise _download_error(
-                f"cannot write into {dest.parent}: {exc}", retryable=False
-            ) from exc
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                digest, size, content_type = await self._stream_into(url, where, out)
-                out.flush()
-                await anyio.to_thread.run_sync(os.fsync, out.fileno())
-            os.replace(tmp, dest)
-        except OSError as exc:
-            raise _download_error(f"cannot write {dest}: {exc}", retryable=False) from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        return Download(path=dest, sha256=digest, bytes=size, content_type=content_type)
-
-    async def _stream_into(self, url: str, where: str, out: Any) -> tuple[str, int, str | None]:
-        """Stream one GET into ``out``: (sha256, bytes, content type), or a DownloadError."""
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            async with self._files.stream("GET", url) as response:
-                _check_download_answer(response, where)
-                content_type = response.headers.get("content-type")
-                async for chunk in response.aiter_bytes():
-                    out.write(chunk)
-                    digest.update(chunk)
-                    size += len(chunk)
-                expected = response.headers.get("content-length")
-                if expected is not None and expected.isdigit():
-                    # Content-Length counts the bytes on the wire, before any decompression.
-                    encoded = response.headers.get("content-encoding", "identity") != "identity"
-                    got = response.num_bytes_downloaded if encoded else size
-                    if got != int(expected):
-                        raise _download_error(
-                            f"short download of {where}: {got} of {expected} bytes"
-                        )
-        except httpx.HTTPError as exc:
-            mapped = map_transport_error(exc)
-            raise _download_error(f"download of {where} failed: {mapped.message}") from exc
-        return digest.hexdigest(), size, content_type
 
     # --- plumbing -------------------------------------------------------------------------------
 
@@ -686,36 +616,6 @@ def _may_retry(error: ApiError, submit: bool) -> bool:
 def _connect_failed(error: NetworkError) -> bool:
     cause = error.__cause__
     return isinstance(cause, httpx.HTTPError) and certainly_not_sent(cause)
-
-
-def _check_download_answer(response: httpx.Response, where: str) -> None:
-    status = response.status_code
-    if status in (403, 404, 410):
-        raise _download_error(
-            f"output file {where} is gone or its link expired (HTTP {status})",
-            retryable=False,
-            status_code=status,
-            hint="output URLs expire; download right after the job completes, or resubmit",
-        )
-    if status == 429 or status >= 500:
-        raise _download_error(f"file host answered HTTP {status} for {where}", status_code=status)
-    if not 200 <= status < 300:
-        raise _download_error(
-            f"file host answered HTTP {status} for {where}", retryable=False, status_code=status
-        )
-    content_type = response.headers.get("content-type")
-    if content_type is not None and not content_type.lower().startswith(_DOWNLOAD_TYPES):
-        raise _download_error(
-            f"{where} is not an image or video (content type {content_type})",
-            retryable=False,
-            status_code=status,
-        )
-
-
-def _download_error(message: str, *, retryable: bool = True, **kwargs: Any) -> DownloadError:
-    error = DownloadError(message, **kwargs)
-    error.retryable = retryable
-    return error
 
 
 def _model_path(model_id: str) -> str:

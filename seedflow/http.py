@@ -227,10 +227,7 @@ def raise_for_answer(
     body, parsed = _parse_body(response)
     status = response.status_code
     code = _error_code(body)
-    message = server_message(body)
-    if message is not None and redact:
-        message = message.replace(redact, "***")
-    quoted = message or excerpt(response.text, redact=redact)
+    quoted = excerpt(server_message(body) or response.text, redact=redact)
     where = f"HTTP {status}" + (f", error_code {code}" if code else "")
     fields: dict[str, Any] = {"status_code": status, "error_code": code, "request_id": request_id}
 

@@ -270,6 +270,12 @@ def test_unparseable_body_quotes_a_short_excerpt_without_the_token() -> None:
     assert TOKEN not in str(info.value) and "***" in str(info.value)
 
 
+def test_a_long_server_message_is_shortened() -> None:
+    with pytest.raises(ServerError) as info:
+        raise_for_answer(_answer(500, {"error_message": "stack " * 500 + TOKEN}), redact=TOKEN)
+    assert len(info.value.message) < 300 and TOKEN not in info.value.message
+
+
 def test_json_that_is_not_an_object_is_unexpected() -> None:
     with pytest.raises(UnexpectedResponse):
         raise_for_answer(_answer(200, [1, 2]))
