@@ -262,7 +262,8 @@ class Executor:
         resend_unknown: bool = False,
         retry_failed: bool = False,
         reuse_from: Iterable[Path] = (),
-        manifest_interval: float = 1.0,
+        manifest_interval: float | None = None,
+        download_concurrency: int = 8,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -273,7 +274,7 @@ class Executor:
         self.resend_unknown = resend_unknown
         self.retry_failed = retry_failed
         self.reuse_from = list(reuse_from)
-        self.manifest_interval = manifest_interval
+        self._manifest_interval = manifest_interval
         self._on_event = on_event
         self._run_id = store.run_id
         self._started = time.monotonic()
@@ -285,7 +286,7 @@ class Executor:
         self._queued_requests: dict[int, str] = {}  # jobs waiting on the service, cancellable
         self._cancel_tasks: set[asyncio.Task[None]] = set()
         self._download_tasks: set[asyncio.Task[None]] = set()
-        self._download_slots = asyncio.Semaphore(max(4, concurrency))
+        self._download_slots = asyncio.Semaphore(max(1, download_concurrency))
         self._dirty = True
 
     # -- bookkeeping -----------------------------------------------------------------------
@@ -477,9 +478,11 @@ class Executor:
         )
 
     async def _manifest_loop(self) -> None:
-        # The manifest is O(jobs) to write: throttle it; the journal has every change at once.
+        # The manifest is O(jobs) to write: throttle it (1 s per 400 jobs); the journal has
+        # every change at once, and the manifest is rewritten at the end.
+        interval = self._manifest_interval or max(1.0, len(self._jobs) / 400)
         while True:
-            await asyncio.sleep(self.manifest_interval)
+            await asyncio.sleep(interval)
             if self._dirty:
                 self._dirty = False
                 self.store.write_manifest()
