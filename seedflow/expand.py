@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, meta, nodes
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
 from jinja2.environment import TemplateExpression
 from jinja2.sandbox import SandboxedEnvironment
 
@@ -126,6 +126,67 @@ class _Expression:
         return result
 
 
+class _Lookup:
+    """A variable, perhaps through plain filters (``{{ size | slug }}``), evaluated in Python.
+
+    Exactly what Jinja2 computes (a context lookup, then each filter called on the value),
+    without the cost of a Jinja2 render context; most templates of a sweep are only this.
+    """
+
+    __slots__ = ("names", "_name", "_filters", "_cache")
+
+    def __init__(self, name: str, filters: list[Callable[[Any], Any]]) -> None:
+        self.names = (name,)
+        self._name = name
+        self._filters = filters
+        self._cache: dict[Any, Any] | None = {} if filters else None
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        try:
+            value = context[self._name]
+        except KeyError:
+            raise UndefinedError(f"'{self._name}' is undefined") from None
+        cache = self._cache
+        if cache is None:
+            return value
+        key = (value, value.__class__)  # 1, 1.0 and True are equal keys in Python
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return self._apply(value)
+        result = cache[key] = self._apply(value)
+        if len(cache) >= _CACHE_LIMIT:
+            self._cache = {}  # bounded memory: start over
+        return result
+
+    def _apply(self, value: Any) -> Any:
+        for apply in self._filters:
+            value = apply(value)
+        return value
+
+
+def _expression(env: SandboxedEnvironment, node: nodes.Expr) -> _Expression | _Lookup:
+    """The cheapest exact evaluator of ``node``."""
+    original = node
+    filters: list[Callable[[Any], Any]] = []
+    while isinstance(node, nodes.Filter):
+        function = env.filters.get(node.name)
+        plain = (
+            function is not None
+            and not node.args and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
+            and getattr(function, "jinja_pass_arg", None) is None
+        )
+        if not plain or node.node is None:
+            return _Expression(env, original)
+        filters.insert(0, function)
+        node = node.node
+    if isinstance(node, nodes.Name) and node.ctx == "load" and node.name not in env.globals:
+        return _Lookup(node.name, filters)
+    return _Expression(env, original)
+
+
 class _Whole:
     """A template with control structures ({% if %}, {% for %}): rendered as a whole."""
 
@@ -158,6 +219,13 @@ class Template:
     parts: tuple[Any, ...]  # str (literal text) or an expression
     single: bool
     bare_name: str | None = None
+    # the rendered text per distinct value of the variables read: a sweep usually repeats them
+    _cache: dict[Any, str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        text = not self.single and len(self.parts) > 1 and "job" not in self.names
+        object.__setattr__(self, "_cache", {} if text else None)
+        object.__setattr__(self, "_order", tuple(sorted(self.names)))
 
     @property
     def per_job(self) -> bool:
@@ -168,12 +236,27 @@ class Template:
         """The template's value in ``context`` (raises Jinja2's errors)."""
         if self.single:
             return self.parts[0].evaluate(context)
-        out = []
-        for part in self.parts:
-            out.append(part if part.__class__ is str else str(part.evaluate(context)))
-        return "".join(out)
+        cache = self._cache
+        if cache is None:
+            return self._join(context)
+        try:
+            values = tuple([context[n] for n in self._order])  # type: ignore[attr-defined]
+            key = (values, tuple([v.__class__ for v in values]))
+            return cache[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable value
+            return self._join(context)
+        text = cache[key] = self._join(context)
+        if len(cache) >= _CACHE_LIMIT:
+            # mostly distinct values: a cache would not pay off; keep memory flat
+            object.__setattr__(self, "_cache", None)
+        return text
 
-    def partial(self, context: Mapping[str, Any]) -> Template:
+    def _join(self, context: Mapping[str, Any]) -> str:
+        return "".join([p if p.__class__ is str else str(p.evaluate(context)) for p in self.parts])
+
+    def partial(self, context: Mapping[str, Any]) -> Template | _Partial:
         """This template with every part that does not read a per-job variable rendered.
 
         Rendering the result per job then only evaluates the ``seed``/``job`` parts.
@@ -188,7 +271,19 @@ class Template:
                 parts[-1] += part
             else:
                 parts.append(part)
-        return replace(self, parts=tuple(parts))
+        return _Partial(parts)
+
+
+class _Partial:
+    """A text template with its per-combination parts already rendered."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        return "".join([p if p.__class__ is str else str(p.evaluate(context)) for p in self.parts])
 
 
 def compile_template(env: SandboxedEnvironment, source: str, path: YamlPath | None = None) -> Template:
@@ -205,7 +300,7 @@ def compile_template(env: SandboxedEnvironment, source: str, path: YamlPath | No
             if isinstance(node, nodes.TemplateData):
                 parts.append(node.data)
             else:
-                parts.append(_Expression(env, node))
+                parts.append(_expression(env, node))
     single = len(parts) == 1 and not isinstance(parts[0], str)
     bare = None
     if single:
@@ -523,11 +618,14 @@ class Expander:
         """Every job, rendered, in plan order. Jobs that cannot be rendered are skipped and
         their problems collected (so one bad value does not hide the others)."""
         index = 0
-        seen_names: set[str] = set()
+        names = _Names()
+        distinct = names_are_distinct([c.group for c in self.groups if not c.broken],
+                                      [c.name for c in self.groups if not c.broken])
         for compiled in self.groups:
             if compiled.broken:
                 continue
             group = compiled.group
+            claim = _same_name if distinct else names.claim
             checked_keysets: dict[frozenset[str], bool] = {}
             base = group.seeds.base if group.seeds.base is not None else self.pipeline.name
             own_fields = [(f, v) for f, v in compiled.fields.items() if _per_job(v)]
@@ -542,7 +640,7 @@ class Expander:
                 variables = {**group.vars, **combo.values}
                 seeds = group.seeds.values or (derived_seed(base, group.name, variables),)
                 origins = _variable_origins(group, combo)
-                shared = self._render_shared(compiled, variables, origins)
+                shared = self._render_shared(compiled, variables, len(seeds) > 1)
                 if shared is None:
                     continue
                 shared_input, name_template, name_prefix = shared
@@ -562,17 +660,19 @@ class Expander:
                             continue
                     else:
                         name = f"{name_prefix}s{seed}"
-                    yield RenderedJob(index, group, _unique(name, seen_names), job_vars,
+                    yield RenderedJob(index, group, claim(name), job_vars,
                                       shared_input, own, seed, origins)
                     index += 1
 
     def _render_shared(
-        self, compiled: _CompiledGroup, variables: dict[str, Any], origins: Mapping[str, YamlPath]
-    ) -> tuple[dict[str, Any], Template | None, str] | None:
+        self, compiled: _CompiledGroup, variables: dict[str, Any], many_seeds: bool
+    ) -> tuple[dict[str, Any], Template | _Partial | None, str] | None:
         """Render, once per combination, everything that does not read ``seed`` or ``job``."""
         field_ = "job_name"
         try:
-            name_template = compiled.name.partial(variables) if compiled.name else None
+            name_template: Template | _Partial | None = compiled.name
+            if name_template is not None and many_seeds:
+                name_template = name_template.partial(variables)
             prefix = "" if compiled.name else _default_name_prefix(compiled.group, variables)
             shared: dict[str, Any] = {}
             for field_, value in compiled.fields.items():
@@ -698,16 +798,162 @@ def _per_job(value: Any) -> bool:
     return False
 
 
-def _unique(name: str, seen: set[str]) -> str:
-    if name not in seen:
-        seen.add(name)
-        return name
-    n = 2
-    while f"{name}-{n}" in seen:
-        n += 1
-    unique = f"{name}-{n}"
-    seen.add(unique)
-    return unique
+def _same_name(name: str) -> str:
+    return name
+
+
+# --- names that are distinct by construction ---------------------------------------------------
+#
+# Making names unique needs the set of names used so far, which grows with the plan. Most
+# job_name templates make distinct names by construction, though ("{{ mood }}-{{ size | slug }}-
+# s{{ seed }}"); proving it from the (finite) values of the variables lets a streamed plan keep
+# no per-job memory at all. The proof is conservative: when in doubt, the set is used.
+
+_DIGITS = "0123456789"
+_ANY_NUMBER = ["<digits>"]  # what a derived seed prints: any non-negative integer
+
+
+def _variable_domains(group: Group) -> dict[str, list[Any]] | None:
+    """Every value each variable can take in the group, or None if a combination repeats."""
+    domains: dict[str, list[Any]] = {}
+    for axis, values in group.matrix.axes.items():
+        if len({canonical_json(v) for v in values}) != len(values):
+            return None  # a repeated value makes two identical jobs
+        for value in values:
+            for k, v in (value.items() if isinstance(value, dict) else ((axis, value),)):
+                domains.setdefault(k, []).append(v)
+    include = [canonical_json(e) for e in group.matrix.include]
+    if len(set(include)) != len(include):
+        return None
+    for entry in group.matrix.include:
+        for k, v in entry.items():
+            domains.setdefault(k, []).append(v)
+    for k, v in group.vars.items():  # a combination without the key keeps the var's value
+        domains.setdefault(k, []).append(v)
+    return {k: list({canonical_json(v): v for v in vs}.values()) for k, vs in domains.items()}
+
+
+def _part_outputs(part: Any, name: str, domain: list[Any] | None) -> list[str] | None:
+    """Every text a part prints over ``domain`` (None: unknown, or two values print the same).
+
+    ``domain`` None stands for derived seeds: a bare ``{{ seed }}`` prints digits only.
+    """
+    if domain is None:
+        return _ANY_NUMBER if isinstance(part, _Lookup) and not part._filters else None
+    try:
+        rendered = [str(part.evaluate({name: v})) for v in domain]
+    except Exception:  # noqa: BLE001 - the rendering itself reports errors later
+        return None
+    return rendered if len(set(rendered)) == len(rendered) else None
+
+
+def _ends_at_next(outputs: list[str], literal: str) -> bool:
+    """Reading left to right, a part ends where ``literal`` first appears after its start."""
+    if outputs is _ANY_NUMBER:
+        return bool(literal) and literal[0] not in _DIGITS
+    return bool(literal) and all((out + literal).find(literal) == len(out) for out in outputs)
+
+
+def _starts_after_previous(outputs: list[str], literal: str) -> bool:
+    """Reading right to left, a part starts where ``literal`` last appears before its end."""
+    if outputs is _ANY_NUMBER:
+        return bool(literal) and literal[-1] not in _DIGITS
+    return bool(literal) and all((literal + out).rfind(literal) == 0 for out in outputs)
+
+
+def _decodable(parts: tuple[Any, ...], outputs: list[list[str]]) -> bool:
+    """True when a rendered name splits back into its parts in exactly one way.
+
+    Reading from the left, each part must end where the text after it first appears; from
+    the right, each must start where the text before it last appears; one part in between
+    may print anything.
+    """
+    literals: list[str] = [""]
+    for part in parts:
+        if part.__class__ is str:
+            literals[-1] += part
+        else:
+            literals.append("")
+    k = len(outputs)
+    for free in range(k):
+        if all(_ends_at_next(outputs[i], literals[i + 1]) for i in range(free)) and all(
+            _starts_after_previous(outputs[i], literals[i]) for i in range(free + 1, k)
+        ):
+            return True
+    return k == 0
+
+
+def _group_names_distinct(group: Group, template: Template | None) -> bool:
+    if template is None or "job" in template.names:
+        return False
+    domains = _variable_domains(group)
+    seeds = group.seeds.values
+    if domains is None or (seeds is not None and len(set(seeds)) != len(seeds)):
+        return False
+    varying = {k for k, vs in domains.items() if len(vs) > 1} | ({"seed"} if seeds and len(seeds) > 1 else set())
+    if not varying <= template.names:
+        return False
+    outputs = []
+    for part in template.parts:
+        if part.__class__ is str:
+            continue
+        if isinstance(part, _Whole) or len(part.names) != 1:
+            return False
+        (name,) = part.names
+        domain = list(seeds) if name == "seed" and seeds else (None if name == "seed" else domains.get(name))
+        if name != "seed" and domain is None:
+            return False
+        found = _part_outputs(part, name, domain)
+        if found is None:
+            return False
+        outputs.append(found)
+    return _decodable(template.parts, outputs)
+
+
+def names_are_distinct(groups: list[Group], templates: list[Template | None]) -> bool:
+    """True when every job name of these groups is distinct by construction."""
+    if not all(_group_names_distinct(g, t) for g, t in zip(groups, templates)):
+        return False
+    if len(groups) < 2:
+        return True
+    prefixes = []
+    for template in templates:
+        assert template is not None
+        first = template.parts[0]
+        if first.__class__ is not str or not first:
+            return False
+        prefixes.append(first)
+    # groups must not make the same name: their fixed beginnings must differ
+    return not any(a.startswith(b) for a, b in itertools.permutations(prefixes, 2))
+
+
+class _Names:
+    """The job names used so far, to make every name unique (``-2``, ``-3`` on a clash).
+
+    Kept as 64-bit digests rather than the names: streaming a huge plan keeps ~50 bytes per
+    job here instead of the whole name (uniqueness cannot be checked in less than that).
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: set[bytes] = set()
+
+    def claim(self, name: str) -> str:
+        """``name``, or ``name-N`` for the smallest N >= 2 not taken yet."""
+        if self._take(name):
+            return name
+        n = 2
+        while not self._take(f"{name}-{n}"):
+            n += 1
+        return f"{name}-{n}"
+
+    def _take(self, name: str) -> bool:
+        key = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
 
 
 def _sub(path: YamlPath | None, key: Any) -> YamlPath | None:

@@ -312,6 +312,7 @@ class _GroupState:
     checker: _InputChecker
     defaults: dict[str, Any]
     ok: bool = True
+    make_id: _IdMaker | None = None
 
 
 _encode = json.JSONEncoder(
@@ -383,8 +384,11 @@ class _Combo:
         count_own = spec.count_field in own
         images = None if count_own else spec.image_count(body)
         count_shared = not count_own and spec.prompt_field not in own
-        return cls(rendered.shared, body, tuple(own), fill_seed,
-                   _IdMaker(spec.model_id, {**body, **rendered.own}, own), images, count_shared)
+        if state.make_id is None:
+            # one id maker per group: the fields a pipeline renders vary, the defaults do not
+            varying = [*state.group.input, *([fill_seed] if fill_seed else [])]
+            state.make_id = _IdMaker(spec.model_id, {**body, **rendered.own, **dict.fromkeys(own, 0)}, varying)
+        return cls(rendered.shared, body, tuple(own), fill_seed, state.make_id, images, count_shared)
 
 
 class Planner:
@@ -412,7 +416,7 @@ class Planner:
         self._seen_axis_values: dict[str, set[Any]] = {}
         self._states = {id(g): self._group_state(g) for g in pipeline.groups}
         self._count_cache: dict[str, int | None] = {}
-        self._axis_keys: dict[int, set[str]] = {}
+        self._axis_keys: dict[int, list[str]] = {}
         self._combo: _Combo | None = None
         self.finished = False
 
@@ -648,9 +652,12 @@ class Planner:
         keys = self._axis_keys.get(id(rendered.group))
         if keys is None:
             keys = self._axis_keys[id(rendered.group)] = _matrix_keys(rendered.group)
-        for name, value in rendered.variables.items():
-            if name in keys or (name == "seed" and explicit_seeds):
-                self._add_axis_value(name, value)
+        variables = rendered.variables
+        for name in keys:
+            if name in variables:
+                self._add_axis_value(name, variables[name])
+        if explicit_seeds:
+            self._add_axis_value("seed", rendered.seed)
 
     def _add_axis_value(self, name: str, value: Any) -> None:
         seen = self._seen_axis_values.setdefault(name, set())
@@ -660,14 +667,15 @@ class Planner:
             self.axes.setdefault(name, []).append(value)
 
 
-def _matrix_keys(group: Group) -> set[str]:
-    keys = set()
+def _matrix_keys(group: Group) -> list[str]:
+    """The variables a group's matrix sets, in the order they are written."""
+    keys: dict[str, None] = {}
     for axis, values in group.matrix.axes.items():
         for v in values:
-            keys.update(v if isinstance(v, dict) else (axis,))
+            keys.update(dict.fromkeys(v if isinstance(v, dict) else (axis,)))
     for entry in group.matrix.include:
-        keys.update(entry)
-    return keys
+        keys.update(dict.fromkeys(entry))
+    return list(keys)
 
 
 def _hashable(value: Any) -> Any:

@@ -363,3 +363,61 @@ def test_render_errors_are_reported_with_the_job_variables() -> None:
     assert jobs == []
     (problem,) = expander.problems
     assert problem.field == "job_name" and "division" in problem.message and problem.line == 11
+
+
+# --- names distinct by construction (no per-job memory while streaming) ---------------------------
+
+
+def test_simple_job_names_are_proven_distinct() -> None:
+    from seedflow.expand import names_are_distinct
+
+    def proven(job_name: str, extra: str = "seeds: [1, 2]\n") -> bool:
+        expander = Expander(parse_pipeline(BASE + extra + f"job_name: '{job_name}'\n", "p.yaml"))
+        return names_are_distinct([c.group for c in expander.groups], [c.name for c in expander.groups])
+
+    assert proven("{{ mood }}-s{{ seed }}")
+    assert proven("{{ mood }}-{{ seed }}")
+    assert not proven("{{ mood }}")  # two seeds, one name
+    assert not proven("{{ mood }}{{ seed }}")  # nothing separates the parts
+    assert proven("{{ mood }}", extra="")  # derived seeds: one job per combination
+    assert not proven("{{ mood }}", extra="seeds: [1, 1]\n")
+    assert not proven("{{ mood }}-{{ job.index }}")
+    assert not proven("x", extra="")
+
+
+name_variables = st.sampled_from(["{{ a }}", "{{ b | slug }}", "{{ a | slug }}", "{{ seed }}", "{{ b }}"])
+name_separators = st.sampled_from(["-", "_", "-s", "x", "", "__"])
+
+
+@st.composite
+def name_parts(draw: Any) -> list[str]:
+    variables = draw(st.lists(name_variables, min_size=1, max_size=4))
+    parts = [draw(name_separators)]
+    for variable in variables:
+        parts += [variable, draw(name_separators)]
+    return parts
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(["a", "b"]), st.lists(st.text(alphabet="ab-_", max_size=3), min_size=1,
+                    max_size=3), min_size=1, max_size=2),
+    st.one_of(st.none(), st.lists(st.integers(0, 12), min_size=1, max_size=3)),
+    name_parts(),
+)
+def test_names_proven_distinct_are_distinct(axes: dict[str, list[str]], seeds: list[int] | None,
+                                            parts: list[str]) -> None:
+    import yaml
+
+    from seedflow.expand import names_are_distinct
+
+    data: dict[str, Any] = {"version": 1, "name": "p", "model": "m", "input": {"text": "t"},
+                            "matrix": axes, "job_name": "".join(parts)}
+    if seeds is not None:
+        data["seeds"] = seeds
+    expander = Expander(parse_pipeline(yaml.safe_dump(data), "p.yaml"))
+    proven = names_are_distinct([c.group for c in expander.groups], [c.name for c in expander.groups])
+    names = [j.name for j in expander.jobs()]
+    if proven:
+        assert len(set(names)) == len(names), names
+    assert len(set(names)) == len(names)  # with or without the proof, names end up unique
