@@ -313,11 +313,10 @@ class _GroupState:
     defaults: dict[str, Any]
     ok: bool = True
     make_id: _IdMaker | None = None
+    defaults_checked: bool = False  # the defaults of the model are valid: checked once
 
 
-_encode = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-).encode
+_encode = canonical_json
 _encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
@@ -371,6 +370,7 @@ class _Combo:
     count_checked: bool | None = None
     count_key: tuple[Any, ...] | None = None
     failed: list[tuple[Any, ...]] = field(default_factory=list)
+    rendered_keys: tuple[str, ...] = ()
 
     @classmethod
     def start(cls, state: _GroupState, rendered: RenderedJob) -> _Combo:
@@ -388,7 +388,8 @@ class _Combo:
             # one id maker per group: the fields a pipeline renders vary, the defaults do not
             varying = [*state.group.input, *([fill_seed] if fill_seed else [])]
             state.make_id = _IdMaker(spec.model_id, {**body, **rendered.own, **dict.fromkeys(own, 0)}, varying)
-        return cls(rendered.shared, body, tuple(own), fill_seed, state.make_id, images, count_shared)
+        return cls(rendered.shared, body, tuple(own), fill_seed, state.make_id, images, count_shared,
+                   rendered_keys=(*rendered.shared, *own))
 
 
 class Planner:
@@ -416,7 +417,7 @@ class Planner:
         self._seen_axis_values: dict[str, set[Any]] = {}
         self._states = {id(g): self._group_state(g) for g in pipeline.groups}
         self._count_cache: dict[str, int | None] = {}
-        self._axis_keys: dict[int, list[str]] = {}
+        self._axis_keys: dict[int, dict[str, int]] = {}
         self._combo: _Combo | None = None
         self.finished = False
 
@@ -542,7 +543,13 @@ class Planner:
             given = body.get(spec.seed_field)
             if isinstance(given, int) and not isinstance(given, bool):
                 seed = given
-        errors = state.checker.errors(body) if first else state.checker.errors(body, combo.own_keys)
+        if not first:
+            errors = state.checker.errors(body, combo.own_keys)
+        elif state.defaults_checked:
+            errors = state.checker.errors(body, combo.rendered_keys)
+        else:
+            errors = state.checker.errors(body)
+            state.defaults_checked = True
         if errors:
             keys = self._report_schema_errors(state, rendered, body, errors)
             if first:
@@ -653,9 +660,11 @@ class Planner:
         if keys is None:
             keys = self._axis_keys[id(rendered.group)] = _matrix_keys(rendered.group)
         variables = rendered.variables
-        for name in keys:
+        for name, size in list(keys.items()):
             if name in variables:
                 self._add_axis_value(name, variables[name])
+                if len(self.axes[name]) >= size:
+                    del keys[name]  # every value seen: nothing more to record for this key
         if explicit_seeds:
             self._add_axis_value("seed", rendered.seed)
 
@@ -667,15 +676,18 @@ class Planner:
             self.axes.setdefault(name, []).append(value)
 
 
-def _matrix_keys(group: Group) -> list[str]:
-    """The variables a group's matrix sets, in the order they are written."""
-    keys: dict[str, None] = {}
-    for axis, values in group.matrix.axes.items():
-        for v in values:
-            keys.update(dict.fromkeys(v if isinstance(v, dict) else (axis,)))
+def _matrix_keys(group: Group) -> dict[str, int]:
+    """The variables a group's matrix sets, in the order they are written, with an upper
+    bound of how many distinct values each takes."""
+    values: dict[str, set[Any]] = {}
+    for axis, axis_values in group.matrix.axes.items():
+        for v in axis_values:
+            for key, value in (v.items() if isinstance(v, dict) else ((axis, v),)):
+                values.setdefault(key, set()).add(_hashable(value))
     for entry in group.matrix.include:
-        keys.update(dict.fromkeys(entry))
-    return list(keys)
+        for key, value in entry.items():
+            values.setdefault(key, set()).add(_hashable(value))
+    return {key: len(found) for key, found in values.items()}
 
 
 def _hashable(value: Any) -> Any:
