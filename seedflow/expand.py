@@ -16,8 +16,9 @@ import itertools
 import json
 import re
 import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import yaml
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
@@ -90,7 +91,7 @@ def make_environment() -> SandboxedEnvironment:
 class _Expression:
     """One ``{{ expression }}``: evaluated to a native value, cached per distinct input."""
 
-    __slots__ = ("names", "_call", "_cache", "_cacheable")
+    __slots__ = ("_cache", "_cacheable", "_call", "names")
 
     def __init__(self, env: SandboxedEnvironment, node: nodes.Expr) -> None:
         body = [nodes.Assign(nodes.Name("result", "store"), node, lineno=node.lineno)]
@@ -136,7 +137,7 @@ class _Lookup:
     without the cost of a Jinja2 render context; most templates of a sweep are only this.
     """
 
-    __slots__ = ("names", "_name", "_filters", "_cache")
+    __slots__ = ("_cache", "_filters", "_name", "names")
 
     def __init__(self, name: str, filters: list[Callable[[Any], Any]]) -> None:
         self.names = (name,)
@@ -181,7 +182,7 @@ def _expression(env: SandboxedEnvironment, node: nodes.Expr) -> _Expression | _L
             and not node.args and not node.kwargs and node.dyn_args is None and node.dyn_kwargs is None
             and getattr(function, "jinja_pass_arg", None) is None
         )
-        if not plain or node.node is None:
+        if function is None or not plain or node.node is None:
             return _Expression(env, original)
         filters.insert(0, function)
         node = node.node
@@ -193,7 +194,7 @@ def _expression(env: SandboxedEnvironment, node: nodes.Expr) -> _Expression | _L
 class _Whole:
     """A template with control structures ({% if %}, {% for %}): rendered as a whole."""
 
-    __slots__ = ("names", "_render")
+    __slots__ = ("_render", "names")
 
     def __init__(self, env: SandboxedEnvironment, tree: nodes.Template, names: tuple[str, ...]) -> None:
         self.names = names
@@ -299,6 +300,7 @@ def compile_template(env: SandboxedEnvironment, source: str, path: YamlPath | No
         return Template(source, path, names, (_Whole(env, tree, tuple(sorted(names))),), False)
     parts: list[Any] = []
     for output in tree.body:
+        assert isinstance(output, nodes.Output)
         for node in output.nodes:
             if isinstance(node, nodes.TemplateData):
                 parts.append(node.data)
@@ -384,8 +386,8 @@ def expand_matrix(matrix: Matrix) -> Iterator[Combination]:
         {k: (*base, "include", i, k) for k in entry} for i, entry in enumerate(matrix.include)
     ]
     if not matrix.axes:
-        for entry, origins in zip(matrix.include, include_origins):
-            yield Combination(dict(entry), dict(origins), {})
+        for entry, where in zip(matrix.include, include_origins):
+            yield Combination(dict(entry), dict(where), {})
         if not matrix.include:
             yield Combination({}, {}, {})
         return
@@ -674,8 +676,8 @@ class Expander:
         field_ = "job_name"
         try:
             name_template: Template | _Partial | None = compiled.name
-            if name_template is not None and many_seeds:
-                name_template = name_template.partial(variables)
+            if compiled.name is not None and many_seeds:
+                name_template = compiled.name.partial(variables)
             prefix = "" if compiled.name else _default_name_prefix(compiled.group, variables)
             shared: dict[str, Any] = {}
             for field_, value in compiled.fields.items():

@@ -10,11 +10,12 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import jsonschema
 import yaml
@@ -22,17 +23,17 @@ import yaml
 from .errors import PipelineError, Problem
 
 __all__ = [
+    "SCHEMA_COMMENT",
     "Group",
     "Matrix",
     "Pipeline",
     "Positions",
     "Seeds",
     "YamlPath",
+    "did_you_mean",
     "load_pipeline",
     "parse_pipeline",
     "pipeline_schema",
-    "did_you_mean",
-    "SCHEMA_COMMENT",
 ]
 
 #: A position inside the YAML document: mapping keys and sequence indexes from the root.
@@ -154,7 +155,7 @@ class Pipeline:
 # --- YAML with positions -----------------------------------------------------------------------
 
 
-class _MarkedLoader(yaml.SafeLoader):
+class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
     """A safe loader that records where every value starts and reports duplicate keys.
 
     PyYAML silently keeps the last of two equal keys; a recipe with a repeated key almost always
@@ -252,7 +253,7 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Probl
 # --- schema ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=None)
+@cache
 def pipeline_schema() -> Mapping[str, Any]:
     """The JSON Schema of the pipeline format (also used by editors)."""
     text = resources.files("seedflow").joinpath("schemas", "pipeline.schema.json").read_text("utf-8")
@@ -260,7 +261,7 @@ def pipeline_schema() -> Mapping[str, Any]:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def _schema_validator() -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(pipeline_schema())
 

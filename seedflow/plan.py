@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jsonschema
 
@@ -187,7 +188,7 @@ def _compile_predicate(schema: Mapping[str, Any]) -> Callable[[Any], bool] | Non
     kind = schema.get("type")
     if isinstance(kind, list):
         return None
-    type_ok: Callable[[Any], bool] = {
+    checks: dict[str | None, Callable[[Any], bool]] = {
         "string": lambda v: isinstance(v, str),
         "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
         or (isinstance(v, float) and v.is_integer()),
@@ -197,7 +198,8 @@ def _compile_predicate(schema: Mapping[str, Any]) -> Callable[[Any], bool] | Non
         "array": lambda v: isinstance(v, list),
         "object": lambda v: isinstance(v, dict),
         None: lambda v: True,
-    }.get(kind)  # type: ignore[arg-type]
+    }
+    type_ok = checks.get(kind)
     if type_ok is None:
         return None
     enum = schema.get("enum")
@@ -279,22 +281,25 @@ class _Problems:
     def __init__(self) -> None:
         self._items: dict[tuple[Any, ...], list[Any]] = {}
 
-    def add(self, key: tuple[Any, ...], make: Callable[[], Problem]) -> None:
+    def seen(self, key: tuple[Any, ...]) -> bool:
+        """True (and one more job counted) when this problem was reported already."""
         entry = self._items.get(key)
         if entry is None:
-            self._items[key] = [make(), 1]
-        else:
-            entry[1] += 1
+            return False
+        entry[1] += 1
+        return True
+
+    def add(self, key: tuple[Any, ...], problem: Problem) -> None:
+        """Report a new problem (see :meth:`seen`)."""
+        self._items[key] = [problem, 1]
 
     def bump(self, key: tuple[Any, ...]) -> None:
         """Count one more job with an already reported problem."""
-        entry = self._items.get(key)
-        if entry is not None:
-            entry[1] += 1
+        self.seen(key)
 
     def extend(self, problems: Sequence[Problem]) -> None:
         for p in problems:
-            self.add(("plain", len(self._items)), lambda p=p: p)
+            self.add(("plain", len(self._items)), p)
 
     def all(self) -> list[Problem]:
         out = []
@@ -317,7 +322,7 @@ class _GroupState:
 
 
 _encode = canonical_json
-_encode_str: Callable[[str], str] = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _fast_json(value: Any) -> str:
@@ -588,8 +593,12 @@ class Planner:
         group = rendered.group
         prompt_path = group.origins.get(f"input.{spec.prompt_field}")
         count_field = spec.count_field or ""
+        key: tuple[Any, ...]
         if stated is None:
-            self._problems.add(("no-count", group.name, prompt_path), lambda: Problem(
+            key = ("no-count", group.name, prompt_path)
+            if self._problems.seen(key):
+                return True
+            self._problems.add(key, Problem(
                 f"the prompt does not state how many images to make (the job asks for {images})",
                 job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
                 hint=f"say it in the prompt, e.g. 'Generate {images} images of ...'; this model "
@@ -603,7 +612,9 @@ class Planner:
         key = ("count", group.name, stated, images)
         if self._combo is not None:
             self._combo.count_key = key
-        self._problems.add(key, lambda: Problem(
+        if self._problems.seen(key):
+            return False
+        self._problems.add(key, Problem(
             f"the prompt asks for {stated} images but {count_field} is {images}"
             + ("" if in_input else " (its default)"),
             job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
@@ -631,14 +642,16 @@ class Planner:
             value = error.instance
             same = _hashable(value) if error.validator in ("enum", "type", "const") else None
             key = ("schema", group.name, field_, error.validator, same)
+            keys.append((key, name))
+            if self._problems.seen(key):
+                continue
             origin = self._value_origin(state, rendered, name)
-            self._problems.add(key, lambda: Problem(
+            self._problems.add(key, Problem(
                 _schema_message(error, name, value),
                 job=rendered.name, variables=rendered.variables, field=field_,
                 hint=_schema_hint(error, value),
                 **self._where(origin),
             ))
-            keys.append((key, name))
         return keys
 
     def _value_origin(self, state: _GroupState, rendered: RenderedJob, name: str | None) -> YamlPath | None:
@@ -733,7 +746,7 @@ def _schema_message(error: jsonschema.ValidationError, name: str | None, value: 
 def _article(kind: Any) -> str:
     names = {"integer": "an integer", "string": "a string", "object": "a mapping", "array": "a list"}
     if isinstance(kind, list):
-        return " or ".join(names.get(k, k) for k in kind)
+        return " or ".join(names.get(str(k), str(k)) for k in kind)
     return names.get(kind, f"a {kind}")
 
 

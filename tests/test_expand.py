@@ -353,7 +353,7 @@ def test_template_syntax_errors_name_the_yaml_line() -> None:
 
 
 def test_unknown_filters_suggest_a_known_one() -> None:
-    jobs, expander = expand(BASE + "job_name: '{{ mood | slg }}'\n")
+    _, expander = expand(BASE + "job_name: '{{ mood | slg }}'\n")
     (problem,) = expander.problems
     assert problem.field == "job_name" and problem.line == 11 and problem.hint == "did you mean 'slug'?"
 
