@@ -152,3 +152,12 @@ def test_models_and_schema() -> None:
     assert schema["required"] == ["text"]
     result = run("schema", "bytedance/seedream-4-0/sequencial")
     assert result.exit_code == 1 and "did you mean 'bytedance/seedream-4-0/sequential'" in result.output
+
+
+def test_validate_checks_every_file_and_fails_if_one_fails(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    result = CliRunner().invoke(cli, ["validate", str(bad), str(SUNSET)])
+    assert result.exit_code == 1
+    assert "is not an allowed image_size" in result.output
+    assert f"{SUNSET}: ok" in result.output

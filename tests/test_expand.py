@@ -89,6 +89,11 @@ def test_zipped_axes_contribute_their_keys() -> None:
                              "k": ("matrix", "k", 0)}
 
 
+def test_exclude_can_name_a_zipped_key() -> None:
+    matrix = Matrix(axes={"shot": ({"n": 1}, {"n": 2}), "k": ("a", "b")}, exclude=({"n": 2, "k": "a"},))
+    assert combos(matrix) == [{"n": 1, "k": "a"}, {"n": 1, "k": "b"}, {"n": 2, "k": "b"}]
+
+
 def test_booleans_do_not_match_numbers() -> None:
     matrix = Matrix(axes={"x": (1, True)}, exclude=({"x": True},))
     assert combos(matrix) == [{"x": 1}]

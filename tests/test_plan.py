@@ -242,7 +242,7 @@ def test_the_count_rule_per_seed_when_the_prompt_reads_the_seed() -> None:
 def test_max_jobs_refuses_a_large_sweep_with_its_position() -> None:
     (problem,) = errors_of(BASE, max_jobs=5)
     assert "8 jobs" in problem.message and "5" in problem.message
-    assert problem.line == 9 and "--max-jobs 8" in (problem.hint or "")
+    assert problem.line == 9 and problem.field == "matrix" and "--max-jobs 8" in (problem.hint or "")
     assert len(plan_text(BASE, max_jobs=8).jobs) == 8
 
 

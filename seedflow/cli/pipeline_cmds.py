@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import click
 
-from ..errors import Problem, UsageError
+from ..errors import Problem, SeedflowError, UsageError
 from ..models import ModelSpec, get_model, list_models, schema_path
 from ..pipeline import starter_pipeline
 from ..plan import (
     DEFAULT_MAX_JOBS,
-    Job,
     Plan,
     Totals,
     check_limits,
@@ -61,12 +61,22 @@ def validate(pipelines: Sequence[str], overrides: Sequence[str], max_jobs: int, 
     Example:
       seedflow validate pipelines/*.yaml
     """
+    failed = 0
     for path in pipelines:
-        plan = plan_file(path, overrides=list(overrides), max_jobs=max_jobs)
-        _echo_warnings(plan.warnings)
-        if locked:
-            check_lock(plan)
+        try:
+            plan = plan_file(path, overrides=list(overrides), max_jobs=max_jobs)
+            _echo_warnings(plan.warnings)
+            if locked:
+                check_lock(plan)
+        except SeedflowError as exc:
+            if len(pipelines) == 1:
+                raise
+            click.echo(f"error: {exc.format_message()}", err=True)  # and go on with the next file
+            failed += 1
+            continue
         click.echo(f"{path}: ok, {_summary(plan.totals())}" + (", matches its lock file" if locked else ""))
+    if failed:
+        raise click.exceptions.Exit(1)
 
 
 def _summary(totals: Totals) -> str:
