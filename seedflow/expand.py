@@ -343,12 +343,13 @@ def _axis_choices(matrix: Matrix) -> list[list[tuple[str, Any, dict[str, Any], d
     choices = []
     for axis, values in matrix.axes.items():
         options = []
+        prefix: YamlPath = ("--set",) if axis in matrix.overridden else base
         for i, value in enumerate(values):
             if isinstance(value, dict):  # a zipped axis: every key is a variable
-                origins = {k: (*base, axis, i, k) for k in value}
+                origins = {k: (*prefix, axis, i, k) for k in value}
                 options.append((axis, value, dict(value), origins))
             else:
-                options.append((axis, value, {axis: value}, {axis: (*base, axis, i)}))
+                options.append((axis, value, {axis: value}, {axis: (*prefix, axis, i)}))
         choices.append(options)
     return choices
 
@@ -444,8 +445,14 @@ def parse_overrides(items: Iterable[str]) -> tuple[dict[str, Any], list[Problem]
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        if isinstance(value, (int, float)) and ":" in raw:
+            value = raw  # YAML 1.1 reads 16:9 as 969 (base 60): nobody means that on a command line
         out[key] = raw if value is None else value
     return out, problems
+
+
+class _BadOverride(ValueError):
+    """A --set value that cannot be used."""
 
 
 def _override_group(group: Group, key: str, value: Any) -> Group | None:
@@ -459,7 +466,8 @@ def _override_group(group: Group, key: str, value: Any) -> Group | None:
             if key not in e or any(_same(e[key], v) for v in values)
         )
         axes = {**group.matrix.axes, key: values}
-        return replace(group, matrix=replace(group.matrix, axes=axes, include=include))
+        overridden = group.matrix.overridden | {key}
+        return replace(group, matrix=replace(group.matrix, axes=axes, include=include, overridden=overridden))
     if key in group.vars:
         return replace(group, vars={**group.vars, key: value},
                        origins={**group.origins, f"vars.{key}": where})
@@ -469,9 +477,9 @@ def _override_group(group: Group, key: str, value: Any) -> Group | None:
                        origins={**group.origins, f"input.{name}": where})
     if key == "seeds":
         seeds = value if isinstance(value, list) else [value]
-        if all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        if seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
             return replace(group, seeds=Seeds(tuple(seeds), group.seeds.base, where))
-        return None
+        raise _BadOverride("seeds are non-negative integers: --set seeds=7 or --set 'seeds=[1, 2]'")
     if key == "seed_base":
         return replace(group, seeds=replace(group.seeds, base=value))
     return None
@@ -485,7 +493,12 @@ def apply_overrides(pipeline: Pipeline, overrides: Mapping[str, Any]) -> tuple[P
     for key, value in overrides.items():
         hit = False
         for i, group in enumerate(groups):
-            changed = _override_group(group, key, value)
+            try:
+                changed = _override_group(group, key, value)
+            except _BadOverride as exc:
+                problems.append(Problem(f"--set {key}={value!r}: {exc}", field=key))
+                hit = True
+                break
             if changed is not None:
                 groups[i], hit = changed, True
         if not hit:

@@ -93,6 +93,7 @@ class Matrix:
     include: tuple[Mapping[str, Any], ...] = ()
     exclude: tuple[Mapping[str, Any], ...] = ()
     path: YamlPath | None = None  # where the matrix is written (None: no matrix)
+    overridden: frozenset[str] = frozenset()  # axes whose values came from --set
 
     @property
     def empty(self) -> bool:
@@ -438,6 +439,8 @@ def _semantic_problems(data: Mapping[str, Any], positions: Positions, file: str 
     """Checks the schema cannot express: a model for every group, include/exclude keys."""
     problems: list[Problem] = []
     groups = data.get("jobs") or {}
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        return problems  # the schema check reports it
     if "model" not in data and (not groups or any("model" not in g for g in groups.values())):
         missing = [f"jobs.{n}" for n, g in groups.items() if "model" not in g] or ["pipeline"]
         problems.append(Problem(
@@ -447,10 +450,12 @@ def _semantic_problems(data: Mapping[str, Any], positions: Positions, file: str 
         ))
     for prefix, own in [((), data), *((("jobs", n), g) for n, g in groups.items())]:
         matrix = own.get("matrix")
-        if not isinstance(matrix, dict):
+        if not isinstance(matrix, dict) or not isinstance(matrix.get("exclude") or [], list):
             continue
         axes = [k for k in matrix if k not in ("include", "exclude")]
         for i, entry in enumerate(matrix.get("exclude") or []):
+            if not isinstance(entry, dict):
+                continue
             for key in entry:
                 if key not in axes and not _names_a_zipped_key(matrix, key):
                     hint = did_you_mean(key, axes) or f"axes: {', '.join(axes) or '(none)'}"
@@ -489,7 +494,7 @@ def parse_pipeline(text: str, path: str | None = None) -> Pipeline:
         )], file=path)
     # duplicate keys do not stop the check: every problem of the file is reported at once
     structural = _schema_problems(data, positions, path)
-    structural += _semantic_problems(data, positions, path) if not structural else []
+    structural += _semantic_problems(data, positions, path)
     problems = sorted(problems + structural, key=lambda p: (p.line or 0, p.column or 0))
     if problems:
         raise PipelineError(problems, file=path)

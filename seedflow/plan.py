@@ -449,6 +449,8 @@ class Planner:
     # per group ----------------------------------------------------------------------------
 
     def _where(self, path: YamlPath | None) -> dict[str, Any]:
+        if path and path[0] == "--set":  # the value came from the command line, not the file
+            return {"file": f"--set {path[1]}", "line": None, "column": None}
         positions = self.pipeline.positions
         return {"file": self.pipeline.path, "line": positions.line(path), "column": positions.column(path)}
 
@@ -764,6 +766,9 @@ def _schema_hint(error: jsonschema.ValidationError, value: Any) -> str | None:
             return ("a template keeps its type only when it is exactly one '{{ expression }}': "
                     "remove the text around it, or write a plain number")
         return "use a whole number"
+    if error.validator == "type" and error.validator_value == "string" and isinstance(value, (int, float)):
+        return ("write the value in quotes in the YAML: unquoted, YAML reads 16:9 as the number 969 "
+                "(base 60) and 1e3 as 1000.0")
     if error.validator == "maxLength":
         return "shorten the prompt"
     return None

@@ -224,3 +224,9 @@ def test_starter_pipeline_validates_and_plans() -> None:
 def test_starter_pipeline_refuses_a_bad_name() -> None:
     with pytest.raises(UsageError):
         starter_pipeline("../escape")
+
+
+def test_structural_and_semantic_problems_are_reported_together() -> None:
+    text = GOOD.replace("vars:", "varz:") + "  exclude: [{cuont: 1}]\n"
+    fields = {p.field for p in problems_of(text)}
+    assert fields == {"varz", "matrix.exclude[0].cuont"}

@@ -315,3 +315,17 @@ def test_lock_files(tmp_path: Path) -> None:
     written.write_text("{not json")
     with pytest.raises(LockMismatch, match="not a seedflow lock file"):
         check_lock(plan_file(path))
+
+
+def test_a_bad_value_given_with_set_is_located_on_the_command_line() -> None:
+    (problem,) = errors_of(BASE, overrides=["size=16:9"])
+    assert problem.file == "--set size" and problem.line is None
+    assert problem.hint == "did you mean '2560:1440 (16:9)'?"
+    (problem,) = errors_of(BASE, overrides=["seeds=[-1]"])
+    assert "non-negative" in problem.message and problem.field == "seeds"
+
+
+def test_an_unquoted_ratio_gets_a_quoting_hint() -> None:
+    (problem,) = errors_of(BASE.replace('"2048:2048 (1:1)"]', "16:9]"))
+    assert "must be a string, not int 969" in problem.message and "quotes" in (problem.hint or "")
+    assert problem.line == 11
