@@ -532,7 +532,12 @@ class RenderedJob:
     shared: dict[str, Any]
     own: dict[str, Any]
     seed: int
-    origins: Mapping[str, YamlPath]  # variable -> where its value is written
+    combination: Combination
+
+    @property
+    def origins(self) -> dict[str, YamlPath]:
+        """Where each variable's value is written (for error messages)."""
+        return _variable_origins(self.group, self.combination)
 
     @property
     def input(self) -> dict[str, Any]:
@@ -644,12 +649,13 @@ class Expander:
                 continue
             group = compiled.group
             claim = _same_name if distinct else names.claim
-            checked_keysets: dict[frozenset[str], bool] = {}
+            checked_keysets: dict[frozenset[str] | None, bool] = {}
             base = group.seeds.base if group.seeds.base is not None else self.pipeline.name
             own_fields = [(f, v) for f, v in compiled.fields.items() if _per_job(v)]
             uses_job = any("job" in t.names for _, t in _templates(compiled))
+            same_keys = not group.matrix.include  # then every combination has the same variables
             for combo in self.combinations(compiled):
-                keyset = frozenset(combo.values)
+                keyset = None if same_keys else frozenset(combo.values)
                 ok = checked_keysets.get(keyset)
                 if ok is None:
                     ok = checked_keysets[keyset] = self._check_names(compiled, combo)
@@ -657,7 +663,6 @@ class Expander:
                     continue
                 variables = {**group.vars, **combo.values}
                 seeds = group.seeds.values or (derived_seed(base, group.name, variables),)
-                origins = _variable_origins(group, combo)
                 shared = self._render_shared(compiled, variables, len(seeds) > 1)
                 if shared is None:
                     continue
@@ -679,7 +684,7 @@ class Expander:
                     else:
                         name = f"{name_prefix}s{seed}"
                     yield RenderedJob(index, group, claim(name), job_vars,
-                                      shared_input, own, seed, origins)
+                                      shared_input, own, seed, combo)
                     index += 1
 
     def _render_shared(

@@ -387,7 +387,7 @@ class _Combo:
             fill_seed = spec.seed_field
             own.append(fill_seed)
         count_own = spec.count_field in own
-        images = None if count_own else spec.image_count(body)
+        images = None if count_own else _image_count(spec, body)
         count_shared = not count_own and spec.prompt_field not in own
         if state.make_id is None:
             # one id maker per group: the fields a pipeline renders vary, the defaults do not
@@ -516,8 +516,8 @@ class Planner:
         last_combo: Any = None
         for rendered in self.expander.jobs():
             state = states[id(rendered.group)]
-            if rendered.origins is not last_combo:
-                last_combo = rendered.origins
+            if rendered.combination is not last_combo:
+                last_combo = rendered.combination
                 self._record_axes(rendered, explicit_seeds)
             elif explicit_seeds:
                 self._add_axis_value("seed", rendered.seed)
@@ -562,7 +562,7 @@ class Planner:
             if first:
                 combo.failed = [k for k, name in keys if name not in combo.own_keys]
             return None
-        images = combo.images if combo.images is not None else spec.image_count(body)
+        images = combo.images if combo.images is not None else _image_count(spec, body)
         if spec.count_must_match_prompt:
             if combo.count_checked is None or not combo.count_shared:
                 combo.count_checked = self._check_count(state, rendered, body, images)
@@ -664,8 +664,9 @@ class Planner:
         compiled = next(c for c in self.expander.groups if c.group is rendered.group)
         template = compiled.fields.get(name)
         bare = getattr(template, "bare_name", None)
-        if bare and bare in rendered.origins:
-            return rendered.origins[bare]
+        origins = rendered.origins
+        if bare and bare in origins:
+            return origins[bare]
         return rendered.group.origins.get(f"input.{name}")
 
     # axes ----------------------------------------------------------------------------------
@@ -689,6 +690,14 @@ class Planner:
         if key not in seen:
             seen.add(key)
             self.axes.setdefault(name, []).append(value)
+
+
+def _image_count(spec: ModelSpec, body: Mapping[str, Any]) -> int:
+    """How many images ``body`` asks for (its defaults are filled in already)."""
+    if spec.count_field is None:
+        return 1
+    value = body.get(spec.count_field)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
 
 
 def _matrix_keys(group: Group) -> dict[str, int]:
