@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -20,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import PipelineError, Problem
+from .errors import PipelineError, Problem, UsageError
 
 __all__ = [
     "SCHEMA_COMMENT",
@@ -34,6 +35,8 @@ __all__ = [
     "load_pipeline",
     "parse_pipeline",
     "pipeline_schema",
+    "read_text",
+    "starter_pipeline",
 ]
 
 #: A position inside the YAML document: mapping keys and sequence indexes from the root.
@@ -94,10 +97,6 @@ class Matrix:
     exclude: tuple[Mapping[str, Any], ...] = ()
     path: YamlPath | None = None  # where the matrix is written (None: no matrix)
     overridden: frozenset[str] = frozenset()  # axes whose values came from --set
-
-    @property
-    def empty(self) -> bool:
-        return not self.axes and not self.include
 
 
 @dataclass(frozen=True)
@@ -547,7 +546,6 @@ def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
     return parse_pipeline(read_text(path), str(path))
 
 
-__all__ += ["read_text"]
 
 
 _STARTER = """{comment}
@@ -586,14 +584,8 @@ job_name: "{{{{ time }}}}-{{{{ size | slug }}}}-s{{{{ seed }}}}"
 
 def starter_pipeline(name: str) -> str:
     """The text of a commented starter pipeline called ``name`` (it validates as is)."""
-    import re
-
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or len(name) > 100:
-        from .errors import UsageError
-
         raise UsageError(f"invalid pipeline name {name!r}",
                          hint="use letters, digits, '.', '_' and '-' (it names the run folder)")
     return _STARTER.format(comment=SCHEMA_COMMENT, name=name, file=f"pipelines/{name}.yaml")
 
-
-__all__ += ["starter_pipeline"]

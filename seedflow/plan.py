@@ -46,7 +46,6 @@ DEFAULT_MAX_JOBS = 1000
 _ANNOTATIONS = frozenset(
     {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
 )
-_MAX_REPORTED_JOBS = 1  # each distinct problem names its first job and counts the others
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,7 +423,6 @@ class Planner:
         self._count_cache: dict[str, int | None] = {}
         self._axis_keys: dict[int, dict[str, int]] = {}
         self._combo: _Combo | None = None
-        self.finished = False
 
     # problems -----------------------------------------------------------------------------
 
@@ -509,7 +507,6 @@ class Planner:
         must not be run).
         """
         if not self._check_size():
-            self.finished = True
             return
         states = self._states
         explicit_seeds = any(g.seeds.values and len(g.seeds.values) > 1 for g in self.pipeline.groups)
@@ -526,7 +523,6 @@ class Planner:
             job = self._job(state, rendered)
             if job is not None:
                 yield job
-        self.finished = True
 
     def _job(self, state: _GroupState, rendered: RenderedJob) -> Job | None:
         combo = self._combo
