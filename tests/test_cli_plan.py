@@ -161,3 +161,9 @@ def test_validate_checks_every_file_and_fails_if_one_fails(tmp_path: Path) -> No
     assert result.exit_code == 1
     assert "is not an allowed image_size" in result.output
     assert f"{SUNSET}: ok" in result.output
+
+
+def test_plan_table_shows_groups() -> None:
+    result = run("plan", str(ROOT / "pipelines" / "product-shots.yaml"))
+    header, first = result.output.splitlines()[:2]
+    assert header.split()[:3] == ["#", "group", "job"] and first.split()[1] == "hero"

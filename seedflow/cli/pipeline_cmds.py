@@ -156,13 +156,16 @@ def _stream_jsonl(
 
 def _print_table(result: Plan) -> None:
     axes = [a for a in result.axes if a != "seed"]
-    rows = [("#", "job", "variables", "images", "seed")]
+    grouped = any(j.group for j in result.jobs)
+    rows = [("#", *(["group"] if grouped else []), "job", "variables", "images", "seed")]
     for job in result.jobs:
         shown = " ".join(f"{a}={_short(job.variables[a])}" for a in axes if a in job.variables)
-        rows.append((str(job.index), job.name, shown, str(job.images), str(job.seed)))
+        group = [job.group or ""] if grouped else []
+        rows.append((str(job.index), *group, job.name, shown, str(job.images), str(job.seed)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    numeric = {0, len(widths) - 2, len(widths) - 1}
     for row in rows:
-        cells = [c.rjust(w) if i in (0, 3, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
         click.echo("  ".join(cells).rstrip())
     totals = result.totals()
     click.echo(f"\n{result.pipeline_name}: {_summary(totals)}")
