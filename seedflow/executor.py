@@ -22,11 +22,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import sqlite3
+import struct
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 from .errors import (
     ApiError,
@@ -34,6 +37,7 @@ from .errors import (
     InsufficientBalance,
     ModelRejected,
     RequestNotFound,
+    RunError,
     SubmitOutcomeUnknown,
 )
 from .store import (
@@ -47,11 +51,11 @@ from .store import (
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
+    "ClientLike",
+    "Executor",
     "RunEvent",
     "RunSummary",
     "StopControl",
-    "Executor",
-    "ClientLike",
 ]
 
 DEFAULT_CONCURRENCY = 16
@@ -451,6 +455,7 @@ class Executor:
 
     def _summary(self, aborted: bool) -> RunSummary:
         jobs = self.store.jobs()
+
         def failure(job: JobRecord) -> Failure:
             return Failure(job.name, job.index, job.state, job.error, job.request_id)
 
@@ -651,7 +656,8 @@ class Executor:
             state, error = "completed", None
         self.store.finish(index, state, error)
         self._set(index, state)
-        self.store.add_event(state, index, {"error": error} if error else None)
+        if error:  # the jobs table has the rest; the event log keeps what went wrong
+            self.store.add_event(state, index, {"error": error})
         self._emit(f"job_{state}", index, error, images=received)
 
     async def _refresh_urls(self, job: JobRecord) -> None:
@@ -732,23 +738,35 @@ class Executor:
                     with RunStore.open(folder) as other:
                         run_id = other.run_id
                         for job in other.jobs():
-                            if job.state in ("completed", "reused") and job.outputs and all(
-                                o.path for o in job.outputs
+                            if (
+                                job.state in ("completed", "reused")
+                                and job.outputs
+                                and all(o.path for o in job.outputs)
                             ):
                                 index[job.id] = (run_id, folder, job.outputs)
-                except Exception:  # an unreadable old run is not this run's problem
-                    continue
+                except (RunError, sqlite3.DatabaseError, OSError, KeyError, ValueError):
+                    continue  # an unreadable old run is not this run's problem
             self._reuse_cache = index
         return self._reuse_cache
 
 
 def _image_size(path: Path) -> tuple[int | None, int | None]:
+    """Width and height of an image file; (None, None) when unknown."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except OSError:
+        return None, None
+    # PNG (what the service sends) keeps its size at a fixed place: no need to open an image
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return int(width), int(height)
     try:
         from PIL import Image
 
         with Image.open(path) as image:
             return int(image.width), int(image.height)
-    except Exception:  # not an image Pillow knows: the size is simply unknown
+    except Exception:  # noqa: BLE001 - not an image Pillow knows: the size is unknown
         return None, None
 
 
@@ -772,7 +790,9 @@ CONFIRM_COST = 5.0
 CONFIRM_IMAGES = 200
 
 
-def check_limits(plan: Any, *, max_images: int | None = None, max_cost: float | None = None) -> None:
+def check_limits(
+    plan: Any, *, max_images: int | None = None, max_cost: float | None = None
+) -> None:
     """Refuse a plan larger than ``max_images`` or dearer than ``max_cost`` (LimitExceeded)."""
     from .errors import LimitExceeded
 
@@ -791,9 +811,7 @@ def check_limits(plan: Any, *, max_images: int | None = None, max_cost: float | 
 
 
 @contextlib.contextmanager
-def _api_target(
-    offline: bool, base_url: str | None, token: str | None
-) -> Any:
+def _api_target(offline: bool, base_url: str | None, token: str | None) -> Any:
     """(base URL, token) to talk to: the given API, or a private emulator when offline."""
     if not offline:
         yield base_url, token
@@ -846,9 +864,7 @@ async def _drive(
             loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _client_options(
-    max_requests_per_second: float | None, poll: Any, retry: Any
-) -> dict[str, Any]:
+def _client_options(max_requests_per_second: float | None, poll: Any, retry: Any) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if max_requests_per_second is not None:
         options["max_requests_per_second"] = max_requests_per_second

@@ -8,9 +8,12 @@ line of defence (events carry no token to begin with).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import IO, Any
+
+from typing_extensions import Self
 
 from .executor import RunEvent
 
@@ -39,9 +42,9 @@ def choose_mode(*, quiet: bool, json_lines: bool, stream: IO[str]) -> str:
 
 def format_duration(seconds: float | None) -> str:
     """``42s``, ``3m05s``, ``1h02m``; ``?`` when unknown."""
-    if seconds is None or seconds != seconds or seconds < 0:
+    if seconds is None or math.isnan(seconds) or seconds < 0:
         return "?"
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:
@@ -109,7 +112,7 @@ class Progress:
 
     # -- context -----------------------------------------------------------------------------
 
-    def __enter__(self) -> Progress:
+    def __enter__(self) -> Self:
         if self.mode == "live":
             from rich.console import Console
             from rich.live import Live

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import json
 import os
 import re
@@ -27,26 +28,29 @@ import sqlite3
 import subprocess
 import tempfile
 import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 from urllib.parse import urlsplit
+
+from typing_extensions import Self
 
 from .errors import RunError
 
 __all__ = [
-    "JOB_STATES",
     "FINAL_STATES",
+    "JOB_STATES",
     "JobRecord",
     "OutputRecord",
     "RunInfo",
     "RunStore",
-    "new_run_id",
-    "utc_now",
-    "sanitize_name",
     "find_run",
-    "list_runs",
     "git_commit_of",
+    "list_runs",
+    "new_run_id",
+    "sanitize_name",
+    "utc_now",
 ]
 
 #: Every state a job can be in (see the manifest schema for their meaning).
@@ -305,33 +309,47 @@ class JobRecord:
 
 
 class _PlanJob(Protocol):
-    id: str
-    name: str
-    index: int
-    group: str | None
-    model: str
-    variables: Mapping[str, Any]
-    input: Mapping[str, Any]
-    seed: int
-    images: int
+    """What the store reads of a planned job (``seedflow.plan.Job``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def group(self) -> str | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def variables(self) -> Mapping[str, Any]: ...
+    @property
+    def input(self) -> Mapping[str, Any]: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def images(self) -> int: ...
 
 
 class _Plan(Protocol):
-    pipeline_path: str | None
-    pipeline_name: str
-    pipeline_text: str
-    pipeline_sha256: str
-    axes: Mapping[str, Sequence[Any]]
+    """What the store reads of a plan (``seedflow.plan.Plan``)."""
 
+    @property
+    def pipeline_path(self) -> str | None: ...
+    @property
+    def pipeline_name(self) -> str: ...
+    @property
+    def pipeline_text(self) -> str: ...
+    @property
+    def pipeline_sha256(self) -> str: ...
+    @property
+    def axes(self) -> Mapping[str, Sequence[Any]]: ...
     @property
     def jobs(self) -> Sequence[_PlanJob]: ...
-
     @property
     def estimated_cost(self) -> float: ...
-
     @property
     def currency(self) -> str: ...
-
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -479,7 +497,7 @@ class RunStore:
         self.unlock()
         self._conn.close()
 
-    def __enter__(self) -> RunStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -711,11 +729,23 @@ class RunStore:
     ) -> Path:
         """Where output ``out_index`` of ``job`` is stored; refuses anything outside the run."""
         name = f"{job.stem}-{out_index:02d}{_ext_from(url, content_type)}"
-        return self.resolve_inside(Path(IMAGES) / name)
+        # the stem is sanitised already; still, only a plain file name may come out of it
+        if os.path.basename(name) != name or name.startswith(".") or "\x00" in name:
+            raise RunError(f"refusing to write outside the run folder: {IMAGES}/{name}")
+        return self._images_dir / name
+
+    @functools.cached_property
+    def _base(self) -> Path:
+        return self.path.resolve()
+
+    @functools.cached_property
+    def _images_dir(self) -> Path:
+        # resolved once per run (every image goes here): resolving per file costs syscalls
+        return self.resolve_inside(IMAGES)
 
     def resolve_inside(self, relative: str | os.PathLike[str]) -> Path:
         """``relative`` resolved under the run folder; RunError if it would leave it."""
-        base = self.path.resolve()
+        base = self._base
         target = (base / relative).resolve()
         if target == base or not target.is_relative_to(base):
             raise RunError(f"refusing to write outside the run folder: {relative}")
@@ -723,7 +753,13 @@ class RunStore:
 
     def relative(self, path: Path) -> str:
         """``path`` relative to the run folder, with POSIX separators."""
-        return path.resolve().relative_to(self.path.resolve()).as_posix()
+        path = Path(path)
+        if not path.is_absolute():
+            path = path.resolve()
+        try:
+            return path.relative_to(self._base).as_posix()
+        except ValueError:
+            return path.resolve().relative_to(self._base).as_posix()
 
     def remove_partial_files(self) -> int:
         """Delete temporary files an interrupted download or write left behind."""

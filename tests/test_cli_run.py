@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -18,7 +20,9 @@ SUNSET = ROOT / "pipelines" / "sunset-study.yaml"
 SECRET = "cli-secret-token-7e21"
 
 
-def invoke(*args: str, env: dict[str, str | None] | None = None, input: str | None = None):
+def invoke(
+    *args: str, env: Mapping[str, str | None] | None = None, input: str | None = None
+) -> Any:
     runner = CliRunner(mix_stderr=False) if _has_mix_stderr() else CliRunner()
     base_env: dict[str, str | None] = {"RUNCOMFY_API_TOKEN": None, "RUNCOMFY_TOKEN": None,
                                        "RUNCOMFY_BASE_URL": None}  # fmt: skip

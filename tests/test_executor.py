@@ -120,9 +120,11 @@ def test_request_id_is_journaled_before_polling(emulator: EmulatorHandle, tmp_pa
     def check(event: RunEvent) -> None:
         if event.kind in ("job_submitted", "job_started"):
             folder = next(tmp_path.glob("*/*/journal.sqlite"))
-            row = sqlite3.connect(folder).execute(
-                "SELECT state, request_id FROM jobs WHERE idx = ?", (event.job_index,)
-            ).fetchone()
+            row = (
+                sqlite3.connect(folder)
+                .execute("SELECT state, request_id FROM jobs WHERE idx = ?", (event.job_index,))
+                .fetchone()
+            )
             seen.append(row)
 
     summary = run(write_pipeline(tmp_path, 3), emulator, tmp_path, on_event=check)
@@ -230,9 +232,10 @@ def test_abort_then_resume_polls_instead_of_resubmitting(
     stop = StopControl()
 
     def abort_after_three_submits(event: RunEvent) -> None:
-        if event.kind == "job_submitted" and event.counts.get("queued", 0) + event.counts.get(
-            "running", 0
-        ) >= 3:
+        if (
+            event.kind == "job_submitted"
+            and event.counts.get("queued", 0) + event.counts.get("running", 0) >= 3
+        ):
             stop.abort()
 
     summary = run(
@@ -253,9 +256,7 @@ def test_abort_then_resume_polls_instead_of_resubmitting(
         assert after["request_id"] == before["request_id"] and after["attempts"] == 1
 
 
-def test_missing_downloads_are_fetched_on_resume(
-    emulator: EmulatorHandle, tmp_path: Path
-) -> None:
+def test_missing_downloads_are_fetched_on_resume(emulator: EmulatorHandle, tmp_path: Path) -> None:
     emulator.config.faults.add("download", "drop", every=1)
     summary = run(
         write_pipeline(tmp_path, 2), emulator, tmp_path,
@@ -282,9 +283,10 @@ def test_user_stop_cancels_queued_jobs_and_waits_for_running_ones(
     messages: list[str] = []
 
     def interrupt_when_all_submitted(event: RunEvent) -> None:
-        if event.kind == "job_submitted" and event.counts.get("pending", 0) == 2:
-            if not stop.submitting_stopped:  # one Ctrl-C (a second one would abort)
-                stop.interrupt()
+        # one Ctrl-C only (a second one would abort)
+        pending = event.counts.get("pending", 0)
+        if event.kind == "job_submitted" and pending == 2 and not stop.submitting_stopped:
+            stop.interrupt()
         if event.kind == "stopping":
             messages.append(event.message or "")
 
@@ -329,8 +331,10 @@ def test_guards_before_anything_is_sent(emulator: EmulatorHandle, tmp_path: Path
     with pytest.raises(LimitExceeded, match="max-cost"):
         run(pipeline, emulator, tmp_path / "runs", max_cost=0.01)
     bad = tmp_path / "bad.yaml"
-    bad.write_text("version: 1\nname: bad\nmodel: bytedance/seedream-4-0/sequential\n"
-                   "input: {image_size: huge}\n")
+    bad.write_text(
+        "version: 1\nname: bad\nmodel: bytedance/seedream-4-0/sequential\n"
+        "input: {image_size: huge}\n"
+    )
     with pytest.raises(PipelineError):
         run(bad, emulator, tmp_path / "runs")
     assert emulator.stats.submit_calls == 0

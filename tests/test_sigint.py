@@ -69,7 +69,7 @@ def test_one_sigint_cancels_queued_jobs_and_waits_for_running_ones(
         r.state == "in_progress" for r in emulator.requests.values()))  # fmt: skip
     time.sleep(0.3)  # let the runner journal the last request ids
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "stopping: no new jobs will be sent; cancelling" in err
     assert "waiting for" in err and "Ctrl-C again" in err
@@ -83,7 +83,7 @@ def test_one_sigint_cancels_queued_jobs_and_waits_for_running_ones(
     emulator.config.concurrency = 8
     emulator.config.processing_time = (0.05, 0.05)
     again = start(["resume", str(folder), "-q"], emulator)
-    out, err = again.communicate(timeout=60)
+    _out, err = again.communicate(timeout=60)
     assert again.returncode == 0, err
     _, manifest = manifest_of(tmp_path)
     assert manifest["totals"]["by_state"] == {"completed": 8}

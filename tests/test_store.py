@@ -6,9 +6,10 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import pytest

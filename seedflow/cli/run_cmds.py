@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -56,7 +57,9 @@ def _progress_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _display(quiet: bool, json_lines: bool, secret: str | None) -> tuple[Progress, Callable[[RunEvent], None]]:
+def _display(
+    quiet: bool, json_lines: bool, secret: str | None
+) -> tuple[Progress, Callable[[RunEvent], None]]:
     """The progress display, and an event callback that also prints what must always show."""
     if quiet and json_lines:
         raise UsageError("--quiet and --json cannot be used together")
@@ -260,7 +263,9 @@ def status_command(run: str, out: str, as_json: bool) -> None:
     with RunStore.open(find_run(run, out)) as store:
         manifest = store.manifest()
         path = store.path
-    problems = [j for j in manifest["jobs"] if j["state"] in ("failed", "unknown", "cancelled", "partial")]
+    problems = [
+        j for j in manifest["jobs"] if j["state"] in ("failed", "unknown", "cancelled", "partial")
+    ]
     if as_json:
         keys = ("run_id", "status", "stop_reason", "started_at", "ended_at", "base_url", "totals")
         data = {k: manifest[k] for k in keys}
