@@ -613,7 +613,7 @@ class Planner:
         if self._problems.seen(key):
             return False
         self._problems.add(key, Problem(
-            f"the prompt asks for {stated} images but {count_field} is {images}"
+            f"the prompt asks for {stated} image{'' if stated == 1 else 's'} but {count_field} is {images}"
             + ("" if in_input else " (its default)"),
             job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
             hint=f"make them agree: write '{images}' in the prompt or set {count_field}: {stated} "

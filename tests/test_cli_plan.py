@@ -106,9 +106,10 @@ def test_plan_jsonl_streams_one_job_per_line() -> None:
 
 def test_plan_jsonl_of_an_invalid_pipeline_exits_1(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(BAD)
+    path.write_text(BAD.replace('["16:9"]', '["2048:2048 (1:1)", "16:9"]'))  # one good job, one bad
     result = CliRunner().invoke(cli, ["plan", str(path), "--format", "jsonl"])
     assert result.exit_code == 1 and "is not an allowed image_size" in result.output
+    assert '"id"' not in result.output  # no job of an invalid pipeline is printed
 
 
 def test_limits_refuse_a_plan() -> None:

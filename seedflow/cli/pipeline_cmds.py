@@ -136,21 +136,23 @@ def plan(
 def _stream_jsonl(
     pipeline: str, overrides: Sequence[str], max_jobs: int, max_images: int | None, max_cost: float | None
 ) -> None:
-    """One job per line as it is planned: memory does not grow with the number of jobs."""
-    if max_images is not None or max_cost is not None:
-        # a limit must refuse the plan before any line is printed: count first (no output kept)
-        planner = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs)
-        totals = Totals.of(planner.jobs())
-        planner.raise_for_errors()
-        check_limits(totals, max_images=max_images, max_cost=max_cost)
-    planner = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+    """One job per line, in constant memory.
+
+    A first pass checks the whole pipeline (and the limits) without printing or keeping
+    anything, so an invalid or refused plan prints no job at all; the second pass prints.
+    """
+    checking = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+    totals = Totals.of(checking.jobs())
+    _echo_warnings(checking.warnings)
+    checking.raise_for_errors()
+    check_limits(totals, max_images=max_images, max_cost=max_cost)
+    planner = iter_jobs(checking.pipeline, overrides=None, max_jobs=max_jobs)
     write = sys.stdout.write
     dumps = json.JSONEncoder(ensure_ascii=False, default=str).encode
     for job in planner.jobs():
         write(dumps(job.to_dict()))
         write("\n")
     sys.stdout.flush()
-    _echo_warnings(planner.warnings)
     planner.raise_for_errors()
 
 
