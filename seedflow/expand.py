@@ -629,12 +629,17 @@ class Expander:
             total += matrix_size_bound(compiled.group.matrix) * (len(seeds) if seeds else 1)
         return total
 
-    def count(self) -> int:
-        """The exact number of jobs (expands the matrices, renders nothing)."""
+    def count(self, stop: int | None = None) -> int:
+        """The exact number of jobs (expands the matrices, renders nothing); counting ends
+        as soon as it passes ``stop``."""
         total = 0
         for compiled in self.groups:
             seeds = compiled.group.seeds.values
-            total += sum(1 for _ in self.combinations(compiled)) * (len(seeds) if seeds else 1)
+            per_combination = len(seeds) if seeds else 1
+            for _ in self.combinations(compiled):
+                total += per_combination
+                if stop is not None and total > stop:
+                    return total
         return total
 
     def jobs(self) -> Iterator[RenderedJob]:
@@ -683,6 +688,10 @@ class Expander:
                             continue
                     else:
                         name = f"{name_prefix}s{seed}"
+                    if not name.strip():
+                        self._report_render_error(compiled, "job_name", _EmptyName(
+                            "the job name is empty"), job_vars)
+                        continue
                     yield RenderedJob(index, group, claim(name), job_vars,
                                       shared_input, own, seed, combo)
                     index += 1
@@ -751,8 +760,13 @@ class Expander:
             f"template error: {message}",
             file=self.pipeline.path, line=self.pipeline.positions.line(path),
             job=_group_label(group), variables=variables, field=field_ if field_ == "job_name" else f"input.{field_}",
-            hint="check the variable names and filters of this template",
+            hint="give job_name some fixed text, or variables that are never empty"
+            if isinstance(exc, _EmptyName) else "check the variable names and filters of this template",
         ))
+
+
+class _EmptyName(ValueError):
+    """A job_name that rendered to nothing."""
 
 
 class _Constant:
@@ -911,7 +925,7 @@ def _group_names_distinct(group: Group, template: Template | None) -> bool:
         return False
     domains = _variable_domains(group)
     seeds = group.seeds.values
-    if domains is None or (seeds is not None and len(set(seeds)) != len(seeds)):
+    if domains is None or (seeds is not None and not isinstance(seeds, range) and len(set(seeds)) != len(seeds)):
         return False
     varying = {k for k, vs in domains.items() if len(vs) > 1} | ({"seed"} if seeds and len(seeds) > 1 else set())
     if not varying <= template.names:
@@ -923,9 +937,15 @@ def _group_names_distinct(group: Group, template: Template | None) -> bool:
         if isinstance(part, _Whole) or len(part.names) != 1:
             return False
         (name,) = part.names
-        domain = list(seeds) if name == "seed" and seeds else (None if name == "seed" else domains.get(name))
-        if name != "seed" and domain is None:
-            return False
+        if name == "seed":
+            # seeds are distinct non-negative integers (checked above): a bare {{ seed }}
+            # prints digits; anything else is tried on every seed
+            bare = isinstance(part, _Lookup) and not part._filters
+            domain = None if bare or not seeds else list(seeds)
+        else:
+            domain = domains.get(name)
+            if domain is None:
+                return False
         found = _part_outputs(part, name, domain)
         if found is None:
             return False

@@ -103,7 +103,7 @@ class Matrix:
 class Seeds:
     """The seeds of a group: explicit ``values``, or ``None`` to derive one per job from ``base``."""
 
-    values: tuple[int, ...] | None = None
+    values: Sequence[int] | None = None  # a tuple, or a range (never materialised)
     base: str | int | None = None
     path: YamlPath | None = None
 
@@ -393,7 +393,7 @@ def _seeds(data: Any, base: Any, path: YamlPath | None) -> Seeds:
         return Seeds(values=tuple(data), base=base, path=path)
     if isinstance(data, dict):
         start, count, step = data["start"], data["count"], data.get("step", 1)
-        return Seeds(values=tuple(range(start, start + count * step, step)), base=base, path=path)
+        return Seeds(values=range(start, start + count * step, step), base=base, path=path)
     return Seeds(values=None, base=base, path=path)
 
 

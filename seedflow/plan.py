@@ -42,6 +42,7 @@ __all__ = [
 
 #: A sweep larger than this needs ``--max-jobs``: a typo in a matrix should not plan 10^6 jobs.
 DEFAULT_MAX_JOBS = 1000
+_EXACT_COUNT_LIMIT = 1_000_000  # above this, a refused sweep's size is only bounded
 
 _ANNOTATIONS = frozenset(
     {"title", "description", "default", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
@@ -485,17 +486,21 @@ class Planner:
     # jobs ---------------------------------------------------------------------------------
 
     def _check_size(self) -> bool:
-        if self.expander.count_bound() <= self.max_jobs:
+        bound = self.expander.count_bound()
+        if bound <= self.max_jobs:
             return True
-        count = self.expander.count()
+        # exact when counting is cheap; a sweep of 10^9 is only bounded, never expanded
+        count = self.expander.count(stop=None if bound <= 10 * _EXACT_COUNT_LIMIT else _EXACT_COUNT_LIMIT)
         if count <= self.max_jobs:
             return True
+        exact = count <= _EXACT_COUNT_LIMIT or bound <= 10 * _EXACT_COUNT_LIMIT
+        size = f"{count:,} jobs" if exact else f"more than {_EXACT_COUNT_LIMIT:,} jobs (up to {bound:,})"
         group = self.pipeline.groups[0]
         path = group.matrix.path if group.matrix.axes else group.seeds.path
         self._problems.extend([Problem(
-            f"the sweep has {count:,} jobs, more than the limit of {self.max_jobs:,}",
-            field="matrix", hint=f"narrow the matrix or seeds, or raise the limit with "
-            f"--max-jobs {count}", file=self.pipeline.path,
+            f"the sweep has {size}, more than the limit of {self.max_jobs:,}",
+            field="matrix", hint="narrow the matrix or seeds, or raise the limit with "
+            f"--max-jobs {count if exact else bound}", file=self.pipeline.path,
             line=self.pipeline.positions.key_line(path) if path else None,
         )])
         return False

@@ -329,3 +329,17 @@ def test_an_unquoted_ratio_gets_a_quoting_hint() -> None:
     (problem,) = errors_of(BASE.replace('"2048:2048 (1:1)"]', "16:9]"))
     assert "must be a string, not int 969" in problem.message and "quotes" in (problem.hint or "")
     assert problem.line == 11
+
+
+def test_a_huge_sweep_is_refused_without_being_expanded() -> None:
+    text = BASE.replace("seeds: [1, 2]", "seeds: {start: 0, count: 1000000000}")
+    (problem,) = errors_of(text.replace("count: [3]", "count: [3]\n  k: [1, 2, 3]"))
+    assert "more than 1,000,000 jobs (up to 12,000,000,000)" in problem.message
+    (problem,) = errors_of(BASE.replace("seeds: [1, 2]", "seeds: {start: 0, count: 600}"))
+    assert "2,400 jobs" in problem.message
+
+
+def test_an_empty_job_name_is_an_error() -> None:
+    (problem,) = errors_of(BASE + "job_name: '{{ \"\" }}'\n")
+    assert problem.field == "job_name" and "empty" in problem.message and problem.line == 14
+    assert "fixed text" in (problem.hint or "")
