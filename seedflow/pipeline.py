@@ -301,8 +301,8 @@ def _explain(error: jsonschema.ValidationError, positions: Positions, file: str 
         known = list(error.schema.get("properties", {}))
         extras = [k for k in error.instance if k not in known]
         return [at(f"unknown key '{k}'", (*path, k), _unknown_hint(k, known), key=True) for k in extras]
-    if validator == "propertyNames":
-        return _explain_names(error, path, positions, file)
+    if "propertyNames" in error.absolute_schema_path:
+        return [_explain_name(error, path, positions, file)]
     if validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return [at(f"missing key '{missing}'", hint=_required_hint(missing))]
@@ -324,23 +324,17 @@ def _explain(error: jsonschema.ValidationError, positions: Positions, file: str 
     return [at(error.message)]
 
 
-def _explain_names(
-    error: jsonschema.ValidationError, path: YamlPath, positions: Positions, file: str | None
-) -> list[Problem]:
-    problems = []
-    for sub in error.context or []:
-        bad = sub.instance
-        problems.append(
-            Problem(
-                f"invalid name {bad!r}: names of variables and axes are identifiers "
-                "(letters, digits and '_', not starting with a digit)",
-                file=file,
-                line=positions.key_line((*path, bad)),
-                field=_dotted((*path, bad)),
-                hint=None,
-            )
-        )
-    return problems or [Problem(error.message, file=file, line=positions.line(path))]
+def _explain_name(error: jsonschema.ValidationError, path: YamlPath, positions: Positions,
+                  file: str | None) -> Problem:
+    """A key of a mapping that is not a valid name (the key itself is ``error.instance``)."""
+    bad = error.instance
+    rule = (
+        "group names use letters, digits, '.', '_' and '-'" if path and path[-1] == "jobs"
+        else "names of variables and axes are identifiers (letters, digits and '_', not "
+        "starting with a digit)"
+    )
+    return Problem(f"invalid name {bad!r}: {rule}", file=file,
+                   line=positions.key_line((*path, bad)), field=_dotted((*path, bad)))
 
 
 def _article(noun: str) -> str:

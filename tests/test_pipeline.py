@@ -230,3 +230,10 @@ def test_structural_and_semantic_problems_are_reported_together() -> None:
     text = GOOD.replace("vars:", "varz:") + "  exclude: [{cuont: 1}]\n"
     fields = {p.field for p in problems_of(text)}
     assert fields == {"varz", "matrix.exclude[0].cuont"}
+
+
+def test_invalid_names_of_variables_and_groups() -> None:
+    problems = problems_of(GOOD.replace("place: sea", "my place: sea") + "jobs:\n  bad group: {}\n")
+    by_field = {p.field: p for p in problems}
+    assert by_field["vars.my place"].line == 4 and "identifiers" in by_field["vars.my place"].message
+    assert by_field["jobs.bad group"].line == 11 and "group names" in by_field["jobs.bad group"].message
