@@ -317,7 +317,10 @@ def _explain(error: jsonschema.ValidationError, positions: Positions, file: str 
         expected = error.validator_value
         shown = " or ".join(expected) if isinstance(expected, list) else expected
         got = type(error.instance).__name__ if error.instance is not None else "nothing"
-        return [at(f"'{where or 'pipeline'}' must be {_article(shown)}, not {got}")]
+        hint = None
+        if expected == "array" and len(path) >= 2 and "matrix" in path:
+            hint = f"an axis is a list of values: {path[-1]}: [{error.instance}]"
+        return [at(f"'{where or 'pipeline'}' must be {_article(shown)}, not {got}", hint=hint)]
     if validator == "pattern" and path and path[-1] == "name":
         return [at(f"invalid pipeline name {error.instance!r}",
                    hint="use letters, digits, '.', '_' and '-' (it names the run folder)")]

@@ -237,3 +237,9 @@ def test_invalid_names_of_variables_and_groups() -> None:
     by_field = {p.field: p for p in problems}
     assert by_field["vars.my place"].line == 4 and "identifiers" in by_field["vars.my place"].message
     assert by_field["jobs.bad group"].line == 11 and "group names" in by_field["jobs.bad group"].message
+
+
+def test_an_axis_that_is_not_a_list() -> None:
+    problem = only(problems_of(GOOD.replace("count: [1, 2]", "count: 2")))
+    assert problem.line == 9 and problem.field == "matrix.count"
+    assert problem.hint == "an axis is a list of values: count: [2]"
