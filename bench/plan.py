@@ -22,7 +22,8 @@ import json
 import sys
 import time
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jsonschema
 from jinja2 import StrictUndefined
