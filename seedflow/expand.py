@@ -460,6 +460,8 @@ def _override_group(group: Group, key: str, value: Any) -> Group | None:
     where: YamlPath = ("--set", key)
     if key in group.matrix.axes:
         values = tuple(value) if isinstance(value, list) else (value,)
+        if not values:
+            raise _BadOverride("an axis needs at least one value")
         # an include entry naming another value of this axis would bring it back: drop it
         include = tuple(
             e for e in group.matrix.include

@@ -318,6 +318,8 @@ def test_unknown_override_suggests_a_name() -> None:
     pipeline = parse_pipeline(BASE, "p.yaml")
     _, problems = apply_overrides(pipeline, {"mod": "x"})
     assert problems[0].hint == "did you mean 'mood'?" and problems[0].field == "mod"
+    _, problems = apply_overrides(pipeline, {"mood": []})
+    assert "at least one value" in problems[0].message and problems[0].field == "mood"
 
 
 def test_override_values_are_read_as_yaml() -> None:
