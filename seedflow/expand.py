@@ -922,6 +922,31 @@ def _decodable(parts: tuple[Any, ...], outputs: list[list[str]]) -> bool:
     return k == 0
 
 
+def _zipped_along(group: Group, read: frozenset[str]) -> set[str]:
+    """Keys of zipped axes that a name identifies through another key of the same axis.
+
+    A name that reads one key whose value differs in every entry of the axis (and that no
+    ``include`` entry sets) tells the entries apart, so the other keys need not be in it.
+    """
+    covered: set[str] = set()
+    included = {k for entry in group.matrix.include for k in entry}
+    for values in group.matrix.axes.values():
+        if not values or not all(isinstance(v, dict) for v in values):
+            continue
+        keys = set().union(*values)
+        if keys & included:
+            continue
+        for key in read & keys:
+            column = [canonical_json(v.get(key, _MISSING_KEY)) for v in values]
+            if all(key in v for v in values) and len(set(column)) == len(column):
+                covered |= keys
+                break
+    return covered
+
+
+_MISSING_KEY = "\x00missing"
+
+
 def _group_names_distinct(group: Group, template: Template | None) -> bool:
     if template is None or "job" in template.names:
         return False
@@ -930,7 +955,7 @@ def _group_names_distinct(group: Group, template: Template | None) -> bool:
     if domains is None or (seeds is not None and not isinstance(seeds, range) and len(set(seeds)) != len(seeds)):
         return False
     varying = {k for k, vs in domains.items() if len(vs) > 1} | ({"seed"} if seeds and len(seeds) > 1 else set())
-    if not varying <= template.names:
+    if not varying <= template.names | _zipped_along(group, template.names):
         return False
     outputs = []
     for part in template.parts:

@@ -390,9 +390,14 @@ def test_simple_job_names_are_proven_distinct() -> None:
     assert not proven("{{ mood }}", extra="seeds: [1, 1]\n")
     assert not proven("{{ mood }}-{{ job.index }}")
     assert not proven("x", extra="")
+    zipped = "  shot: [{n: 1, beat: a}, {n: 2, beat: b}]\n"
+    assert proven("{{ mood }}-{{ n }}-s{{ seed }}", extra=zipped + "seeds: [1, 2]\n")
+    assert not proven("{{ mood }}-{{ beat }}-s{{ seed }}", extra=zipped.replace("beat: b", "beat: a")
+                      + "seeds: [1, 2]\n")
 
 
-name_variables = st.sampled_from(["{{ a }}", "{{ b | slug }}", "{{ a | slug }}", "{{ seed }}", "{{ b }}"])
+name_variables = st.sampled_from(["{{ a }}", "{{ b | slug }}", "{{ a | slug }}", "{{ seed }}", "{{ b }}",
+                                  "{{ p }}", "{{ q | slug }}"])
 name_separators = st.sampled_from(["-", "_", "-s", "x", "", "__"])
 
 
@@ -411,15 +416,18 @@ def name_parts(draw: Any) -> list[str]:
                     max_size=3), min_size=1, max_size=2),
     st.one_of(st.none(), st.lists(st.integers(0, 12), min_size=1, max_size=3)),
     name_parts(),
+    st.lists(st.fixed_dictionaries({"p": st.sampled_from(["x", "y", "x-y"]), "q": st.text(alphabet="q-", max_size=2)}),
+             max_size=3),
 )
 def test_names_proven_distinct_are_distinct(axes: dict[str, list[str]], seeds: list[int] | None,
-                                            parts: list[str]) -> None:
+                                            parts: list[str], zipped: list[dict[str, str]]) -> None:
     import yaml
 
     from seedflow.expand import names_are_distinct
 
     data: dict[str, Any] = {"version": 1, "name": "p", "model": "m", "input": {"text": "t"},
-                            "matrix": axes, "job_name": "".join(parts)}
+                            "matrix": {**axes, **({"z": zipped} if zipped else {})},
+                            "job_name": "".join(parts)}
     if seeds is not None:
         data["seeds"] = seeds
     expander = Expander(parse_pipeline(yaml.safe_dump(data), "p.yaml"))
