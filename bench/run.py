@@ -111,7 +111,7 @@ def _seedflow_main(conn: Any, base_url: str, jobs: int, concurrency: int) -> Non
         def on_event(event: RunEvent) -> None:
             if event.kind == "job_submitted":
                 request_of[event.job_index or 0] = event.data["request_id"]
-            elif event.kind in ("job_result", "job_failed", "job_cancelled"):
+            elif event.kind == "job_finished":  # the status said so (before fetching results)
                 noticed[request_of[event.job_index or 0]] = time.time()
 
         begun = time.perf_counter()

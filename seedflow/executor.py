@@ -27,7 +27,9 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -252,6 +254,63 @@ class _Work:
     index: int
 
 
+class _Journal:
+    """Commits the executor's journal changes from one writer thread, in order.
+
+    The event loop never waits for SQLite or an fsync, and changes that arrive while a commit
+    is in progress are committed together in the next one (group commit): with 64 jobs in
+    flight, one fsync covers many of them. Awaiting a change means it is committed.
+    """
+
+    def __init__(self, store: RunStore) -> None:
+        self._store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seedflow-journal")
+        self._pending: list[tuple[Callable[[], Any], bool, asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    def write(self, change: Callable[[], Any], *, durable: bool = False) -> asyncio.Future[Any]:
+        """Queue ``change`` (a call on the store); the future resolves once it is committed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((change, durable, future))
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return future
+
+    async def drain(self) -> None:
+        """Wait until every queued change is committed."""
+        while self._drainer is not None and not self._drainer.done():
+            await asyncio.shield(self._drainer)
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch, self._pending = self._pending, []
+            durable = any(d for _, d, _ in batch)
+            outcomes = await loop.run_in_executor(
+                self._pool, self._commit, [c for c, _, _ in batch], durable
+            )
+            for (_, _, future), (ok, value) in zip(batch, outcomes):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _commit(self, changes: list[Callable[[], Any]], durable: bool) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        with self._store.batch(durable=durable):
+            for change in changes:
+                try:
+                    outcomes.append((True, change()))
+                except Exception as exc:  # noqa: BLE001 - handed to whoever awaits it
+                    outcomes.append((False, exc))
+        return outcomes
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 class Executor:
     """Drives the jobs of one run folder to their final states."""
 
@@ -292,6 +351,11 @@ class Executor:
         self._download_tasks: set[asyncio.Task[None]] = set()
         self._download_slots = asyncio.Semaphore(max(1, download_concurrency))
         self._dirty = True
+        self._journal = _Journal(store)
+
+    def _commit(self, method: Callable[..., Any], *args: Any, durable: bool = False) -> Any:
+        """Queue a store change; await the result to know it is committed."""
+        return self._journal.write(partial(method, *args), durable=durable)
 
     # -- bookkeeping -----------------------------------------------------------------------
 
@@ -427,6 +491,8 @@ class Executor:
             manifest_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await manifest_task
+            await self._journal.drain()  # every change committed before the summary is read
+            self._journal.close()
             self.stop._listeners.remove(self._on_stop)
         if not aborted:
             all_done.result()  # a bug in a worker surfaces here, with its traceback
@@ -490,7 +556,7 @@ class Executor:
             await asyncio.sleep(interval)
             if self._dirty:
                 self._dirty = False
-                self.store.write_manifest()
+                await self._commit(self.store.write_manifest)
 
     async def _worker(self, queue: asyncio.Queue[_Work]) -> None:
         while True:
@@ -508,7 +574,10 @@ class Executor:
     # -- stopping --------------------------------------------------------------------------
 
     def _on_stop(self, reason: str, by_user: bool) -> None:
-        self.store.add_event("stop_submitting", data={"reason": reason, "by_user": by_user})
+        self._commit(
+            partial(self.store.add_event, data={"reason": reason, "by_user": by_user}),
+            "stop_submitting",
+        )
         queued = dict(self._queued_requests)
         running = self._counts["running"]
         if by_user:
@@ -530,7 +599,7 @@ class Executor:
         except ApiError as error:
             self._emit("warning", index, f"could not cancel: {error.message}")
             return
-        self.store.add_event("cancel", index, {"outcome": outcome.outcome})
+        await self._commit(self.store.add_event, "cancel", index, {"outcome": outcome.outcome})
         self._emit("cancel_requested", index, outcome=outcome.outcome)
         # the job's wait() sees the cancelled state and records it
 
@@ -540,32 +609,37 @@ class Executor:
         if self.stop.submitting_stopped:
             return
         job = self._jobs[index]
-        if self.reuse_from and self._try_reuse(job):
+        if self.reuse_from and await self._try_reuse(job):
             return
-        self.store.mark_submitting(index)
+        await self._commit(self.store.mark_submitting, index, durable=True)
         self._set(index, "submitting")
         try:
             submission = await self.client.submit(job.model, job.input)
         except asyncio.CancelledError:
             # aborted while the submit was on its way: it may have landed
-            self.store.mark_unknown(index, "the run was stopped while this job was being submitted")
+            self._commit(
+                self.store.mark_unknown,
+                index,
+                "the run was stopped while this job was being submitted",
+                durable=True,
+            )
             self._set(index, "unknown")
             raise
         except SubmitOutcomeUnknown as error:
-            self.store.mark_unknown(index, error.message)
+            await self._commit(self.store.mark_unknown, index, error.message, durable=True)
             self._set(index, "unknown")
-            self.store.add_event("unknown", index, {"error": error.message})
+            self._commit(self.store.add_event, "unknown", index, {"error": error.message})
             self._emit("job_unknown", index, error.message)
             return
         except STOP_ERRORS as error:
-            self.store.mark_pending(index, error.message)
+            await self._commit(self.store.mark_pending, index, error.message)
             self._set(index, "pending")
             self.stop.stop_submitting(error.message)
             return
         except ApiError as error:
-            self._fail(index, error.message)
+            await self._fail(index, error.message)
             return
-        self.store.record_submission(index, submission.request_id)
+        await self._commit(self.store.record_submission, index, submission.request_id, durable=True)
         job.request_id = submission.request_id
         self._set(index, "queued")
         self._emit("job_submitted", index, request_id=submission.request_id)
@@ -581,9 +655,11 @@ class Executor:
                 self._cancel_later(index, request_id)
 
         def on_status(status: Any) -> None:
-            if status.state == "in_progress" and self._states[index] == "queued":
+            if status.terminal:
+                self._emit("job_finished", index, service_state=status.state)
+            elif status.state == "in_progress" and self._states[index] == "queued":
                 self._queued_requests.pop(index, None)
-                self.store.mark_running(index)
+                self._commit(self.store.mark_running, index)
                 self._set(index, "running")
                 self._emit("job_started", index)
 
@@ -591,21 +667,21 @@ class Executor:
             result = await self.client.wait(request_id, on_status=on_status)
         except RequestNotFound as error:
             self._queued_requests.pop(index, None)
-            self._fail(index, error.message)
+            await self._fail(index, error.message)
             return
         except ApiError as error:
             if isinstance(error, STOP_ERRORS):
                 self.stop.stop_submitting(error.message)
             # polling gave up (network down, ...): the job may still finish on the service
             self._queued_requests.pop(index, None)
-            self.store.set_error(index, f"could not follow the job: {error.message}")
-            self.store.add_event("wait_error", index, {"error": error.message})
+            self._commit(self.store.set_error, index, f"could not follow the job: {error.message}")
+            await self._commit(self.store.add_event, "wait_error", index, {"error": error.message})
             self._emit("job_error", index, error.message)
             return
         self._queued_requests.pop(index, None)
         if result.state == "completed":
             urls = [*result.outputs.images, *result.outputs.videos]
-            self.store.record_outputs(index, urls)
+            await self._commit(self.store.record_outputs, index, urls)
             # a resumed job may have some files already: keep them
             had = {o.index: o for o in job.outputs if o.path is not None}
             job.outputs = [had.get(i) or OutputRecord(i, url) for i, url in enumerate(urls)]
@@ -619,23 +695,23 @@ class Executor:
             self._download_tasks.add(task)
             task.add_done_callback(self._download_tasks.discard)
         elif result.state == "cancelled":
-            self.store.finish(index, "cancelled", "cancelled on request")
+            await self._commit(self.store.finish, index, "cancelled", "cancelled on request")
             self._set(index, "cancelled")
             self._images_expected -= job.images_requested
             self._emit("job_cancelled", index)
         else:
-            self._fail(index, result.error or f"the job ended in state {result.state}")
+            await self._fail(index, result.error or f"the job ended in state {result.state}")
 
     def _cancel_later(self, index: int, request_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._cancel(index, request_id))
         self._cancel_tasks.add(task)
         task.add_done_callback(self._cancel_tasks.discard)
 
-    def _fail(self, index: int, error: str) -> None:
-        self.store.finish(index, "failed", error)
+    async def _fail(self, index: int, error: str) -> None:
+        await self._commit(self.store.finish, index, "failed", error)
         self._set(index, "failed")
         self._images_expected -= self._jobs[index].images_requested
-        self.store.add_event("failed", index, {"error": error})
+        self._commit(self.store.add_event, "failed", index, {"error": error})
         self._emit("job_failed", index, error)
 
     async def _download(self, index: int, *, refresh: bool = False) -> None:
@@ -654,10 +730,10 @@ class Executor:
             error = f"received {received} of {job.images_requested} requested images"
         else:
             state, error = "completed", None
-        self.store.finish(index, state, error)
+        await self._commit(self.store.finish, index, state, error)
         self._set(index, state)
         if error:  # the jobs table has the rest; the event log keeps what went wrong
-            self.store.add_event(state, index, {"error": error})
+            self._commit(self.store.add_event, state, index, {"error": error})
         self._emit(f"job_{state}", index, error, images=received)
 
     async def _refresh_urls(self, job: JobRecord) -> None:
@@ -669,7 +745,7 @@ class Executor:
             return  # keep the stored URLs; the download will say what is wrong
         urls = [*result.outputs.images, *result.outputs.videos]
         if result.state == "completed" and len(urls) == len(job.outputs):
-            self.store.record_outputs(job.index, urls)
+            await self._commit(self.store.record_outputs, job.index, urls)
             for out, url in zip(job.outputs, urls):
                 out.url = url
 
@@ -690,7 +766,7 @@ class Executor:
         out.path = self.store.relative(path)
         out.sha256, out.bytes, out.content_type = got.sha256, got.bytes, got.content_type
         out.width, out.height = width, height
-        self.store.record_download(job.index, out)
+        await self._commit(self.store.record_download, job.index, out)
         self._images += 1
         self._dirty = True
         self._emit("image_downloaded", job.index, path=out.path, bytes=got.bytes)
@@ -698,7 +774,7 @@ class Executor:
 
     # -- reuse -----------------------------------------------------------------------------
 
-    def _try_reuse(self, job: JobRecord) -> bool:
+    async def _try_reuse(self, job: JobRecord) -> bool:
         source = self._reuse_index().get(job.id)
         if source is None:
             return False
@@ -717,7 +793,7 @@ class Executor:
                     out.width, out.height, out.content_type,
                 )
             )  # fmt: skip
-        self.store.record_reused(job.index, run_id, copied)
+        await self._commit(self.store.record_reused, job.index, run_id, copied)
         job.outputs = copied
         self._set(job.index, "reused")
         self._images += len(copied)

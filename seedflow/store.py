@@ -383,6 +383,7 @@ class RunStore:
         self._conn = conn
         self._lock_handle: Any = None
         self._durable = False
+        self._in_batch = False
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -483,7 +484,11 @@ class RunStore:
     def _connect(cls, folder: Path) -> RunStore:
         try:
             # autocommit mode: transactions are opened explicitly in _transaction()
-            conn = sqlite3.connect(folder / JOURNAL, isolation_level=None, timeout=30)
+            # one thread at a time uses it, but not always the same one (the executor commits
+            # from a writer thread so the event loop never waits for an fsync)
+            conn = sqlite3.connect(
+                folder / JOURNAL, isolation_level=None, timeout=30, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -524,7 +529,25 @@ class RunStore:
             self._lock_handle = None
 
     @contextlib.contextmanager
+    def batch(self, *, durable: bool = False) -> Iterator[None]:
+        """Group the changes made inside into one transaction (one commit, one fsync).
+
+        Each change is still all-or-nothing; a caller that batches promises ``durable`` when
+        any change inside needs it. Used by the executor to commit concurrent jobs' changes
+        together (group commit).
+        """
+        with self._transaction(durable=durable):
+            self._in_batch = True
+            try:
+                yield
+            finally:
+                self._in_batch = False
+
+    @contextlib.contextmanager
     def _transaction(self, *, durable: bool = False) -> Iterator[None]:
+        if self._in_batch:  # part of an enclosing batch: it commits
+            yield
+            return
         # synchronous=FULL only where money is at stake: it costs an fsync per commit
         if durable != self._durable:
             self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
