@@ -117,7 +117,8 @@ class Progress:
             from rich.console import Console
             from rich.live import Live
 
-            self._console = Console(file=self.stream)
+            # "live" is chosen for terminals only; say so, so a redirected test stream renders too
+            self._console = Console(file=self.stream, force_terminal=True)
             self._live = Live(
                 self._render(None), console=self._console, refresh_per_second=8, transient=True
             )
@@ -172,24 +173,30 @@ class Progress:
 
     def _render(self, event: RunEvent | None) -> Any:
         from rich.table import Table
+        from rich.text import Text
+
+        # markup resolved here, not when printed: lines printed above the live display are
+        # printed without markup, and the display is re-rendered with them
+        def cell(markup: str) -> Text:
+            return Text.from_markup(markup)
 
         table = Table.grid(padding=(0, 2))
         if event is None:
-            table.add_row("starting…")
+            table.add_row(cell("starting…"))
             return table
         t = _tally(event)
         table.add_row(
-            f"[bold]{t['done']}[/]/{event.jobs} done",
-            f"[red]{t['failed']} failed[/]",
-            f"[cyan]{t['running']} running[/]",
-            f"{t['queued']} queued",
-            f"{t['waiting']} to send",
+            cell(f"[bold]{t['done']}[/]/{event.jobs} done"),
+            cell(f"[red]{t['failed']} failed[/]"),
+            cell(f"[cyan]{t['running']} running[/]"),
+            cell(f"{t['queued']} queued"),
+            cell(f"{t['waiting']} to send"),
         )
         table.add_row(
-            f"images {event.images}/{event.images_expected}",
-            f"elapsed {format_duration(event.elapsed)}",
-            f"ETA {format_duration(_Eta.estimate(event))}",
-            "",
-            "",
+            cell(f"images {event.images}/{event.images_expected}"),
+            cell(f"elapsed {format_duration(event.elapsed)}"),
+            cell(f"ETA {format_duration(_Eta.estimate(event))}"),
+            cell(""),
+            cell(""),
         )
         return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,44 @@ def test_json_events_one_per_line(tmp_path: Path, emulator: EmulatorHandle) -> N
 def test_quiet_and_json_together_is_a_usage_error(tmp_path: Path) -> None:
     result = invoke("run", str(SUNSET), "--offline", "-q", "--json", "--out", str(tmp_path))
     assert result.exit_code == 2
+
+
+def _event(kind: str, **kw: Any) -> Any:
+    from seedflow.executor import RunEvent
+
+    base: dict[str, Any] = {
+        "kind": kind, "run_id": "r", "elapsed": 10.0, "images": 4, "images_expected": 12,
+        "jobs": 6, "counts": {"completed": 2, "running": 1, "queued": 1, "pending": 2},
+    }  # fmt: skip
+    return RunEvent(**{**base, **kw})
+
+
+def test_progress_plain_lines_eta_and_secret_masking() -> None:
+    import io
+
+    from seedflow.progress import Progress, format_duration
+
+    out = io.StringIO()
+    progress = Progress("plain", stream=out, secret=SECRET, plain_interval=0)
+    with progress:
+        progress(_event("job_failed", job="j1", job_index=0, message=f"boom {SECRET}"))
+        progress(_event("run_finished"))
+    text = out.getvalue()
+    assert "failed j1: boom ***" in text and SECRET not in text
+    # 2 of 6 done in 10 s: 4 more take about 20 s
+    assert "2/6 done" in text and "ETA 20s" in text and "images 4/12" in text
+    assert [format_duration(s) for s in (5, 65, 3725, None)] == ["5s", "1m05s", "1h02m", "?"]
+
+
+def test_progress_live_renders_counts() -> None:
+    import io
+
+    from seedflow.progress import Progress
+
+    out = io.StringIO()
+    with Progress("live", stream=out) as progress:
+        progress(_event("job_submitted", job="j1", job_index=0))
+        progress._live.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # without terminal codes
+    assert "2/6 done" in text and "1 running" in text and "ETA 20s" in text
+    assert "[bold]" not in text
