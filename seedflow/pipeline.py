@@ -140,6 +140,9 @@ class Pipeline:
     positions: Positions
     description: str | None = None
     data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: Problems found while reading that did not stop it (duplicate keys, unknown keys, ...):
+    #: planning reports them with its own, so one mistake does not hide the others.
+    problems: tuple[Problem, ...] = field(default=(), compare=False)
 
     def problem(self, message: str, path: YamlPath | None = None, **kw: Any) -> Problem:
         """A :class:`Problem` located at ``path`` in this pipeline's file."""
@@ -191,13 +194,22 @@ class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
                 child = (*path, key)
                 line, column = _start(key_node)
                 if key in first_seen:
+                    # PyYAML keeps the last value; so does seedflow, and says so
                     self.duplicates.append((child, line, column, first_seen[key]))
-                    continue  # keep the first: the duplicate is reported
-                first_seen[key] = line
+                    self._forget(child)
+                else:
+                    first_seen[key] = line
                 self.keys[child] = (line, column)
                 result[key] = self._build(value_node, child)
             return result
         return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
+
+    def _forget(self, path: YamlPath) -> None:
+        """Drop the positions recorded under ``path`` (a duplicate key replaces its value)."""
+        n = len(path)
+        for table in (self.values, self.keys):
+            for known in [p for p in table if p[:n] == path]:
+                del table[known]
 
 
 _MAP_TAG = "tag:yaml.org,2002:map"
@@ -238,7 +250,8 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Probl
     positions = Positions(loader.values, loader.keys)
     problems = [
         Problem(
-            f"duplicate key '{path[-1]}' (first defined on line {first})",
+            f"duplicate key '{path[-1]}' (first defined on line {first}); the value on line "
+            f"{line} is used",
             file=file,
             line=line,
             column=column,
@@ -279,13 +292,39 @@ def _dotted(path: YamlPath) -> str:
     return out
 
 
-def _schema_problems(data: Any, positions: Positions, file: str | None) -> list[Problem]:
-    """Every structural problem, as a person would want to read it (sorted by line)."""
+def _schema_problems(
+    data: Any, positions: Positions, file: str | None
+) -> tuple[list[Problem], list[YamlPath] | None]:
+    """Every structural problem, as a person would want to read it (sorted by line).
+
+    Also the unknown keys to drop when they are the only problems (then the rest of the
+    pipeline can still be planned and checked), or None when some other problem is structural.
+    """
     problems: list[Problem] = []
+    unknown: list[YamlPath] | None = []
     for error in _schema_validator().iter_errors(data):
         problems.extend(_explain(error, positions, file))
+        if unknown is not None and _is_unknown_keys(error):
+            known = error.schema.get("properties", {})
+            unknown.extend((*error.absolute_path, k) for k in error.instance if k not in known)
+        else:
+            unknown = None
     problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.message))
-    return _dedupe(problems)
+    return _dedupe(problems), unknown
+
+
+def _is_unknown_keys(error: jsonschema.ValidationError) -> bool:
+    return (error.validator == "additionalProperties" and error.validator_value is False
+            and isinstance(error.instance, dict))
+
+
+def _drop(data: dict[Any, Any], paths: Iterable[YamlPath]) -> None:
+    """Remove the values at ``paths`` (unknown keys) from ``data``, in place."""
+    for path in paths:
+        parent: Any = data
+        for key in path[:-1]:
+            parent = parent[key]
+        parent.pop(path[-1], None)
 
 
 def _explain(error: jsonschema.ValidationError, positions: Positions, file: str | None) -> list[Problem]:
@@ -431,12 +470,19 @@ def _group(name: str | None, top: Mapping[str, Any], own: Mapping[str, Any]) -> 
     )
 
 
-def _semantic_problems(data: Mapping[str, Any], positions: Positions, file: str | None) -> list[Problem]:
-    """Checks the schema cannot express: a model for every group, include/exclude keys."""
+def _semantic_problems(
+    data: Mapping[str, Any], positions: Positions, file: str | None
+) -> tuple[list[Problem], list[Problem]]:
+    """Checks the schema cannot express: a model for every group, include/exclude keys.
+
+    Returns the problems that stop planning, then those that do not (an exclude entry that
+    names no axis excludes nothing; the jobs can still be checked).
+    """
     problems: list[Problem] = []
+    tolerable: list[Problem] = []
     groups = data.get("jobs") or {}
     if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
-        return problems  # the schema check reports it
+        return problems, tolerable  # the schema check reports it
     if "model" not in data and (not groups or any("model" not in g for g in groups.values())):
         missing = [f"jobs.{n}" for n, g in groups.items() if "model" not in g] or ["pipeline"]
         problems.append(Problem(
@@ -456,11 +502,11 @@ def _semantic_problems(data: Mapping[str, Any], positions: Positions, file: str 
                 if key not in axes and not _names_a_zipped_key(matrix, key):
                     hint = did_you_mean(key, axes) or f"axes: {', '.join(axes) or '(none)'}"
                     path = (*prefix, "matrix", "exclude", i, key)
-                    problems.append(Problem(
+                    tolerable.append(Problem(
                         f"exclude names '{key}', which is not an axis of the matrix",
                         file=file, line=positions.key_line(path), field=_dotted(path), hint=hint,
                     ))
-    return problems
+    return problems, tolerable
 
 
 def _names_a_zipped_key(matrix: Mapping[str, Any], key: str) -> bool:
@@ -488,12 +534,14 @@ def parse_pipeline(text: str, path: str | None = None) -> Pipeline:
             f"a pipeline is a mapping of keys (version, name, model, input, ...), not a "
             f"{type(data).__name__}", file=path, line=1, hint="start from `seedflow init NAME`",
         )], file=path)
-    # duplicate keys do not stop the check: every problem of the file is reported at once
-    structural = _schema_problems(data, positions, path)
-    structural += _semantic_problems(data, positions, path)
-    problems = sorted(problems + structural, key=lambda p: (p.line or 0, p.column or 0))
-    if problems:
-        raise PipelineError(problems, file=path)
+    # Duplicate keys, unknown keys and excludes of no axis do not stop the reading: the
+    # pipeline is still planned so that every problem of the file is reported at once.
+    structural, unknown = _schema_problems(data, positions, path)
+    fatal, tolerable = _semantic_problems(data, positions, path)
+    problems = sorted(problems + structural + tolerable, key=_by_position)
+    if unknown is None or fatal:
+        raise PipelineError(sorted(problems + fatal, key=_by_position), file=path)
+    _drop(data, unknown)
     groups = data.get("jobs")
     built = (
         tuple(_group(name, data, own) for name, own in groups.items())
@@ -510,7 +558,12 @@ def parse_pipeline(text: str, path: str | None = None) -> Pipeline:
         positions=positions,
         description=data.get("description"),
         data=data,
+        problems=tuple(problems),
     )
+
+
+def _by_position(problem: Problem) -> tuple[int, int]:
+    return problem.line or 0, problem.column or 0
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

@@ -412,6 +412,7 @@ class Planner:
         max_jobs: int = DEFAULT_MAX_JOBS,
     ) -> None:
         self._problems = _Problems()
+        self._problems.extend(pipeline.problems)  # found while reading, planned anyway
         self.overrides = dict(overrides or {})
         pipeline, problems = apply_overrides(pipeline, self.overrides)
         self._problems.extend(problems)
@@ -429,8 +430,10 @@ class Planner:
 
     @property
     def problems(self) -> list[Problem]:
-        """Every problem found so far: expansion's and planning's, errors and warnings."""
-        return [*self.expander.problems, *self._problems.all()]
+        """Every problem found so far: expansion's and planning's, errors and warnings, in
+        the order of the file (problems of the command line first)."""
+        found = [*self.expander.problems, *self._problems.all()]
+        return sorted(found, key=lambda p: (p.line or 0, p.column or 0))
 
     @property
     def errors(self) -> list[Problem]:

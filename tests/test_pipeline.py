@@ -39,6 +39,21 @@ def problems_of(text: str, file: str = "p.yaml") -> list[Problem]:
     return info.value.problems
 
 
+def reading_problems(text: str, file: str = "p.yaml") -> list[Problem]:
+    """Problems found while reading, whether they stopped the reading or not."""
+    try:
+        pipeline = parse_pipeline(text, file)
+    except PipelineError as exc:
+        return exc.problems
+    return list(pipeline.problems)
+
+
+def plan_problems(text: str, file: str = "p.yaml") -> list[Problem]:
+    with pytest.raises(PipelineError) as info:
+        plan_pipeline(parse_pipeline(text, file))
+    return info.value.problems
+
+
 def only(problems: list[Problem]) -> Problem:
     assert len(problems) == 1, [p.format() for p in problems]
     return problems[0]
@@ -71,17 +86,66 @@ def test_a_good_pipeline_becomes_plain_data() -> None:
     assert len(pipeline.sha256) == 64 and pipeline.text == GOOD
 
 
-def test_duplicate_keys_are_errors_with_both_lines() -> None:
+def test_duplicate_keys_are_errors_with_both_lines_and_the_last_value_is_used() -> None:
     text = GOOD.replace("vars: {place: sea}\n", "vars: {place: sea}\nvars: {place: lake}\n")
-    problem = only(problems_of(text))
+    pipeline = parse_pipeline(text, "p.yaml")  # reading goes on, as PyYAML does
+    assert pipeline.groups[0].vars == {"place": "lake"}
+    assert pipeline.positions.line(("vars", "place")) == 5
+    problem = only(list(pipeline.problems))
     assert problem.line == 5 and problem.field == "vars"
     assert "duplicate key 'vars'" in problem.message and "line 4" in problem.message
+    assert "the value on line 5 is used" in problem.message
     assert "p.yaml:5" in problem.format()
+    # and it is an error of the plan: the pipeline is invalid
+    assert only(plan_problems(text)).message == problem.message
+
+
+def test_a_duplicate_key_does_not_hide_the_problems_of_planning() -> None:
+    text = dedent(
+        """\
+        version: 1
+        name: demo
+        model: bytedance/seedream-4-0/sequential
+        input:
+          text: "Generate {{ count }} images of {{ plcae }}"
+          sequential_image_generation_options: "{{ count }}"
+          promt_extra: x
+        matrix:
+          count: [1]
+          count: [2]
+          place: [sea]
+        """
+    )
+    problems = plan_problems(text)
+    by_field = {p.field: p for p in problems}
+    assert by_field["matrix.count"].line == 10 and "duplicate key" in by_field["matrix.count"].message
+    undefined = by_field["input.text"]
+    assert undefined.line == 5 and "'plcae'" in undefined.message
+    assert undefined.hint == "did you mean 'place'?"
+    unknown = by_field["input.promt_extra"]
+    assert unknown.line == 7 and "sequential_image_generation_options" in (unknown.hint or "")
+    assert len([p for p in problems if p.severity == "error"]) == 3
+
+
+def test_unknown_keys_do_not_stop_the_planning_of_the_rest() -> None:
+    text = GOOD.replace("name: demo\n", "name: demo\ndescripton: typo\n").replace(
+        "{{ place }}", "{{ placee }}")
+    problems = plan_problems(text)
+    assert [(p.line, p.field) for p in problems] == [(3, "descripton"), (7, "input.text")]
+    assert problems[0].hint == "did you mean 'description'?"
+    assert "'placee'" in problems[1].message
+
+
+def test_other_structural_problems_stop_before_planning() -> None:
+    # an axis that is not a list cannot be expanded: only the structure is reported
+    text = GOOD.replace("count: [1, 2]", "count: 3") + "matrx: {}\n"
+    problems = problems_of(text)
+    assert {p.field for p in problems} == {"matrix.count", "matrx"}
 
 
 def test_nested_duplicate_keys_and_other_problems_are_all_reported() -> None:
     text = GOOD.replace("  text:", "  image_size: x\n  image_size: y\n  text:") + "matrx: {}\n"
-    problems = problems_of(text)
+    problems = reading_problems(text)
     messages = [p.message for p in problems]
     assert any("duplicate key 'image_size'" in m for m in messages)
     assert any("unknown key 'matrx'" in m for m in messages)
@@ -104,14 +168,14 @@ def test_tabs_get_a_specific_hint() -> None:
 
 def test_unknown_keys_suggest_the_closest(tmp_path: Path) -> None:
     text = GOOD.replace("vars:", "varz:").replace("matrix:", "matirx:")
-    problems = problems_of(text)
+    problems = reading_problems(text)
     by_key = {p.field: p for p in problems}
     assert by_key["varz"].line == 4 and by_key["varz"].hint == "did you mean 'vars'?"
     assert by_key["matirx"].line == 8 and by_key["matirx"].hint == "did you mean 'matrix'?"
 
 
 def test_model_fields_at_the_top_level_hint_at_input() -> None:
-    problem = only(problems_of(GOOD + "image_size: x\n"))
+    problem = only(reading_problems(GOOD + "image_size: x\n"))
     assert problem.field == "image_size" and "input" in (problem.hint or "")
 
 
@@ -132,7 +196,7 @@ def test_wrong_types_and_missing_keys() -> None:
 
 def test_exclude_naming_an_unknown_axis() -> None:
     text = GOOD + "  exclude: [{cuont: 1}]\n"
-    problem = only(problems_of(text))
+    problem = only(reading_problems(text))
     assert problem.line == 10 and problem.hint == "did you mean 'count'?"
 
 
@@ -195,7 +259,7 @@ def test_groups_inherit_the_top_level() -> None:
 
 
 def test_group_keys_are_checked_too() -> None:
-    problem = only(problems_of(GOOD + "jobs:\n  a:\n    sedes: [1]\n"))
+    problem = only(reading_problems(GOOD + "jobs:\n  a:\n    sedes: [1]\n"))
     assert problem.line == 12 and problem.hint == "did you mean 'seeds'?"
 
 
@@ -228,8 +292,22 @@ def test_starter_pipeline_refuses_a_bad_name() -> None:
 
 def test_structural_and_semantic_problems_are_reported_together() -> None:
     text = GOOD.replace("vars:", "varz:") + "  exclude: [{cuont: 1}]\n"
-    fields = {p.field for p in problems_of(text)}
+    fields = {p.field for p in reading_problems(text)}
     assert fields == {"varz", "matrix.exclude[0].cuont"}
+
+
+def test_structure_errors_that_stop_planning_keep_the_other_reading_problems() -> None:
+    text = (GOOD.replace("count: [1, 2]", "count: 2\n  count: 3") + "  exclude: [{cuont: 1}]\n"
+            + "matrx: {}\n")
+    problems = problems_of(text)
+    assert [(p.line, p.field) for p in problems] == [
+        (10, "matrix.count"),  # duplicate (the last value is the one checked)
+        (10, "matrix.count"),  # not a list: planning stops here
+        (11, "matrix.exclude[0].cuont"),
+        (12, "matrx"),
+    ]
+    first_two = " | ".join(p.message for p in problems[:2])
+    assert "duplicate key 'count'" in first_two and "'matrix.count' must be a list" in first_two
 
 
 def test_invalid_names_of_variables_and_groups() -> None:
