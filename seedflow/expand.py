@@ -33,6 +33,7 @@ __all__ = [
     "Expander",
     "RenderedJob",
     "Template",
+    "Unrendered",
     "apply_overrides",
     "canonical_json",
     "compile_template",
@@ -259,6 +260,24 @@ class Template:
 
     def _join(self, context: Mapping[str, Any]) -> str:
         return "".join([p if p.__class__ is str else str(p.evaluate(context)) for p in self.parts])
+
+    def best_effort(self, context: Mapping[str, Any]) -> str | None:
+        """The text with every part that cannot be rendered left blank (None: not text).
+
+        Lets the rest of a value be checked when one of its variables is undefined.
+        """
+        if self.single or isinstance(self.parts[0], _Whole):
+            return None
+        out = []
+        for part in self.parts:
+            if part.__class__ is str:
+                out.append(part)
+                continue
+            try:
+                out.append(str(part.evaluate(context)))
+            except Exception:  # noqa: BLE001 - the part's own problem is reported already
+                out.append(" ")
+        return "".join(out)
 
     def partial(self, context: Mapping[str, Any]) -> Template | _Partial:
         """This template with every part that does not read a per-job variable rendered.
@@ -519,6 +538,19 @@ def apply_overrides(pipeline: Pipeline, overrides: Mapping[str, Any]) -> tuple[P
 
 
 @dataclass(frozen=True, slots=True)
+class Unrendered:
+    """What could not be rendered for a job (its problems are reported already).
+
+    Such a job is never run; it is still handed on so the fields that did render are checked
+    (one undefined variable must not hide the other mistakes of the same jobs).
+    """
+
+    fields: frozenset[str]  # input fields that could not be rendered
+    name: bool  # True when the job name could not be rendered
+    partial: Mapping[str, str]  # unrendered text fields, with the parts that failed left blank
+
+
+@dataclass(frozen=True, slots=True)
 class RenderedJob:
     """A job with its templates rendered, before model validation (see :mod:`seedflow.plan`).
 
@@ -535,6 +567,7 @@ class RenderedJob:
     own: dict[str, Any]
     seed: int
     combination: Combination
+    unrendered: Unrendered | None = None  # None: complete, the job can run
 
     @property
     def origins(self) -> dict[str, YamlPath]:
@@ -560,7 +593,9 @@ class _CompiledGroup:
     group: Group
     fields: dict[str, Any]  # input field -> Template | nested structure | constant
     name: Template | None
-    broken: bool = False  # a template of this group does not compile: render nothing
+    # templates that do not compile: these fields (and the name) are never rendered
+    broken_fields: set[str] = field(default_factory=set)
+    broken_name: bool = False
 
 
 class Expander:
@@ -579,9 +614,13 @@ class Expander:
         compiled = _CompiledGroup(group, {}, None)
         for name, value in group.input.items():
             path = group.origins.get(f"input.{name}")
+            reported = len(self.problems)
             compiled.fields[name] = self._compile_value(compiled, value, path, f"input.{name}")
+            if len(self.problems) > reported:
+                compiled.broken_fields.add(name)
         if group.job_name is not None:
             compiled.name = self._compile(compiled, group.job_name, group.origins.get("job_name"), "job_name")
+            compiled.broken_name = compiled.name is None
         return compiled
 
     def _compile_value(self, compiled: _CompiledGroup, value: Any, path: YamlPath | None, field_: str) -> Any:
@@ -597,7 +636,6 @@ class Expander:
         try:
             return compile_template(self.env, source, path)
         except TemplateSyntaxError as exc:
-            compiled.broken = True
             line = self.pipeline.positions.line(path)
             if line is not None and exc.lineno:
                 line += exc.lineno - 1
@@ -645,86 +683,132 @@ class Expander:
         return total
 
     def jobs(self) -> Iterator[RenderedJob]:
-        """Every job, rendered, in plan order. Jobs that cannot be rendered are skipped and
-        their problems collected (so one bad value does not hide the others)."""
+        """Every job, rendered, in plan order, and the problems met on the way.
+
+        A job with a field that cannot be rendered comes with :attr:`RenderedJob.unrendered`
+        set: it must not run, but its other fields can still be checked.
+        """
         index = 0
         names = _Names()
-        distinct = names_are_distinct([c.group for c in self.groups if not c.broken],
-                                      [c.name for c in self.groups if not c.broken])
+        distinct = names_are_distinct([c.group for c in self.groups if not c.broken_name],
+                                      [c.name for c in self.groups if not c.broken_name])
         for compiled in self.groups:
-            if compiled.broken:
-                continue
             group = compiled.group
             claim = _same_name if distinct else names.claim
-            checked_keysets: dict[frozenset[str] | None, bool] = {}
+            checked_keysets: dict[frozenset[str] | None, tuple[frozenset[str], bool]] = {}
             base = group.seeds.base if group.seeds.base is not None else self.pipeline.name
-            own_fields = [(f, v) for f, v in compiled.fields.items() if _per_job(v)]
-            uses_job = any("job" in t.names for _, t in _templates(compiled))
+            own_fields = [(f, v) for f, v in compiled.fields.items()
+                          if _per_job(v) and f not in compiled.broken_fields]
+            uses_job = any("job" in t.names for _, _, t in _templates(compiled))
             same_keys = not group.matrix.include  # then every combination has the same variables
             for combo in self.combinations(compiled):
                 keyset = None if same_keys else frozenset(combo.values)
-                ok = checked_keysets.get(keyset)
-                if ok is None:
-                    ok = checked_keysets[keyset] = self._check_names(compiled, combo)
-                if not ok:
-                    continue
+                missing = checked_keysets.get(keyset)
+                if missing is None:
+                    missing = checked_keysets[keyset] = self._check_names(compiled, combo)
+                skip, name_fine = missing
                 variables = {**group.vars, **combo.values}
                 seeds = group.seeds.values or (derived_seed(base, group.name, variables),)
-                shared = self._render_shared(compiled, variables, len(seeds) > 1)
-                if shared is None:
-                    continue
-                shared_input, name_template, name_prefix = shared
+                shared_input, name_template, name_prefix, failed = self._render_shared(
+                    compiled, variables, len(seeds) > 1, skip, name_fine)
+                name_fine = name_fine and (name_template is not None or compiled.name is None)
                 for seed in seeds:
                     job_vars = {**variables, "seed": seed}
                     own: dict[str, Any] = {}
+                    bad = failed
+                    name_ok = name_fine
+                    name = ""
+                    context = job_vars
                     if own_fields or name_template is not None:
-                        context = {**job_vars, "job": _JobInfo(index, group.name)} if uses_job else job_vars
-                        try:
-                            for field_, value in own_fields:
+                        if uses_job:
+                            context = {**job_vars, "job": _JobInfo(index, group.name)}
+                        for field_, value in own_fields:
+                            if field_ in skip:
+                                continue
+                            try:
                                 own[field_] = _render(value, context)
-                            field_ = "job_name"
-                            name = (str(name_template.render(context)) if name_template
+                            except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+                                self._report_render_error(compiled, field_, exc, job_vars)
+                                bad = (*bad, field_)
+                    if name_ok:
+                        try:
+                            name = (str(name_template.render(context)) if name_template is not None
                                     else f"{name_prefix}s{seed}")
                         except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
-                            self._report_render_error(compiled, field_, exc, job_vars)
-                            continue
-                    else:
-                        name = f"{name_prefix}s{seed}"
-                    if not name.strip():
-                        self._report_render_error(compiled, "job_name", _EmptyName(
-                            "the job name is empty"), job_vars)
+                            self._report_render_error(compiled, "job_name", exc, job_vars)
+                            name_ok = False
+                        if name_ok and not name.strip():
+                            self._report_render_error(compiled, "job_name", _EmptyName(
+                                "the job name is empty"), job_vars)
+                            name_ok = False
+                    if bad or not name_ok:
+                        yield RenderedJob(
+                            index, group, name if name_ok else f"{_combo_label(group, combo)}-s{seed}",
+                            job_vars, shared_input, own, seed, combo,
+                            Unrendered(frozenset(bad), not name_ok, self._partial(compiled, bad, context)),
+                        )
                         continue
                     yield RenderedJob(index, group, claim(name), job_vars,
                                       shared_input, own, seed, combo)
                     index += 1
 
-    def _render_shared(
-        self, compiled: _CompiledGroup, variables: dict[str, Any], many_seeds: bool
-    ) -> tuple[dict[str, Any], Template | _Partial | None, str] | None:
-        """Render, once per combination, everything that does not read ``seed`` or ``job``."""
-        field_ = "job_name"
-        try:
-            name_template: Template | _Partial | None = compiled.name
-            if compiled.name is not None and many_seeds:
-                name_template = compiled.name.partial(variables)
-            prefix = "" if compiled.name else _default_name_prefix(compiled.group, variables)
-            shared: dict[str, Any] = {}
-            for field_, value in compiled.fields.items():
-                if not _per_job(value):
-                    shared[field_] = _render(value, variables)
-            return shared, name_template, prefix
-        except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
-            self._report_render_error(compiled, field_, exc, variables)
-            return None
+    def _partial(
+        self, compiled: _CompiledGroup, fields: Iterable[str], context: Mapping[str, Any]
+    ) -> dict[str, str]:
+        out = {}
+        for name in fields:
+            value = compiled.fields.get(name)
+            if isinstance(value, Template):
+                text = value.best_effort(context)
+                if text is not None:
+                    out[name] = text
+        return out
 
-    def _check_names(self, compiled: _CompiledGroup, combo: Combination) -> bool:
-        """Report variables that templates use but this combination does not define."""
+    def _render_shared(
+        self, compiled: _CompiledGroup, variables: dict[str, Any], many_seeds: bool,
+        skip: frozenset[str], name_fine: bool,
+    ) -> tuple[dict[str, Any], Template | _Partial | None, str, tuple[str, ...]]:
+        """Render, once per combination, everything that does not read ``seed`` or ``job``.
+
+        Also returns the fields that could not be rendered (``skip``: known not to render);
+        each field is rendered on its own, so one failing does not hide the others.
+        """
+        name_template: Template | _Partial | None = compiled.name if name_fine else None
+        if name_template is not None and many_seeds:
+            try:
+                name_template = name_template.partial(variables)
+            except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+                self._report_render_error(compiled, "job_name", exc, variables)
+                name_template = None
+        prefix = "" if compiled.name else _default_name_prefix(compiled.group, variables)
+        shared: dict[str, Any] = {}
+        failed = tuple(skip)
+        for field_, value in compiled.fields.items():
+            if _per_job(value) or field_ in skip:
+                continue
+            try:
+                shared[field_] = _render(value, variables)
+            except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+                self._report_render_error(compiled, field_, exc, variables)
+                failed = (*failed, field_)
+        return shared, name_template, prefix, failed
+
+    def _check_names(self, compiled: _CompiledGroup, combo: Combination) -> tuple[frozenset[str], bool]:
+        """Report variables that templates use but this combination does not define.
+
+        Returns the input fields that cannot be rendered (undefined variables, or templates
+        that do not compile), and whether the job name can be.
+        """
         group = compiled.group
         available = {*group.vars, *combo.values, "seed", "job", *self.env.globals}
-        ok = True
-        for field_, template in _templates(compiled):
+        unrenderable = set(compiled.broken_fields)
+        name_ok = not compiled.broken_name
+        for field_, top, template in _templates(compiled):
             for missing in sorted(template.names - available):
-                ok = False
+                if top is None:
+                    name_ok = False
+                else:
+                    unrenderable.add(top)
                 key = ("undefined", group.name, field_, missing)
                 if key in self._reported:
                     continue
@@ -746,7 +830,7 @@ class Expander:
                     job=_combo_label(group, combo), variables=dict(combo.values) or None,
                     field=field_, hint=hint,
                 ))
-        return ok
+        return frozenset(unrenderable), name_ok
 
     def _report_render_error(
         self, compiled: _CompiledGroup, field_: str, exc: Exception, variables: dict[str, Any]
@@ -794,21 +878,22 @@ def _render(value: Any, context: Mapping[str, Any]) -> Any:
     return [_render(v, context) for v in value]
 
 
-def _templates(compiled: _CompiledGroup) -> Iterator[tuple[str, Template]]:
-    def walk(value: Any, name: str) -> Iterator[tuple[str, Template]]:
+def _templates(compiled: _CompiledGroup) -> Iterator[tuple[str, str | None, Template]]:
+    """Every template of a group: (field as written, input field or None for the name, template)."""
+    def walk(value: Any, name: str, top: str) -> Iterator[tuple[str, str | None, Template]]:
         if isinstance(value, Template):
-            yield name, value
+            yield name, top, value
         elif isinstance(value, dict):
             for k, v in value.items():
-                yield from walk(v, f"{name}.{k}")
+                yield from walk(v, f"{name}.{k}", top)
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                yield from walk(v, f"{name}[{i}]")
+                yield from walk(v, f"{name}[{i}]", top)
 
     for name, value in compiled.fields.items():
-        yield from walk(value, f"input.{name}")
+        yield from walk(value, f"input.{name}", name)
     if compiled.name is not None:
-        yield "job_name", compiled.name
+        yield "job_name", None, compiled.name
 
 
 def _variable_origins(group: Group, combo: Combination) -> dict[str, YamlPath]:

@@ -425,6 +425,9 @@ class Planner:
         self._count_cache: dict[str, int | None] = {}
         self._axis_keys: dict[int, dict[str, int]] = {}
         self._combo: _Combo | None = None
+        # the combination of the last job that could not be rendered, and its problems
+        self._incomplete: tuple[dict[str, Any], list[tuple[Any, ...]]] | None = None
+        self._combo_count_key: tuple[Any, ...] | None = None  # set by the last count check
 
     # problems -----------------------------------------------------------------------------
 
@@ -528,6 +531,9 @@ class Planner:
                 self._add_axis_value("seed", rendered.seed)
             if state is None or not state.ok:
                 continue
+            if rendered.unrendered is not None:
+                self._check_incomplete(state, rendered)
+                continue
             job = self._job(state, rendered)
             if job is not None:
                 yield job
@@ -579,6 +585,41 @@ class Planner:
             spec.model_id, rendered.variables, body, seed, images,
         )
 
+    def _check_incomplete(self, state: _GroupState, rendered: RenderedJob) -> None:
+        """Check the fields that did render of a job that cannot run.
+
+        Checks that need a field that could not be rendered are skipped; the count rule still
+        runs when the prompt's number could be read from the parts that did render.
+        """
+        self._combo = None
+        last = self._incomplete
+        if last is not None and last[0] is rendered.shared and not rendered.own:
+            for key in last[1]:  # another seed of the same combination: the same problems
+                self._problems.bump(key)
+            return
+        unrendered = rendered.unrendered
+        assert unrendered is not None
+        spec = state.spec
+        missing = unrendered.fields
+        body = {k: v for k, v in state.defaults.items() if k not in missing}
+        body.update(rendered.shared)
+        body.update(rendered.own)
+        if spec.seed_field and spec.seed_field not in body and spec.seed_field not in missing:
+            body[spec.seed_field] = rendered.seed
+        errors = [e for e in state.checker.errors(body) if e.validator != "required"
+                  and not (e.absolute_path and e.absolute_path[0] in missing)]
+        keys = [k for k, _ in self._report_schema_errors(state, rendered, body, errors)] if errors else []
+        wrong = {str(e.absolute_path[0]) for e in errors if e.absolute_path}
+        prompt_field, count_field = spec.prompt_field or "", spec.count_field or ""
+        if spec.count_must_match_prompt and count_field not in missing and not wrong & {prompt_field, count_field}:
+            prompt = unrendered.partial.get(prompt_field) if prompt_field in missing else body.get(prompt_field)
+            if isinstance(prompt, str):
+                self._check_count(state, rendered, body, _image_count(spec, body), prompt=prompt,
+                                  complete=prompt_field not in missing)
+                if self._combo_count_key is not None:
+                    keys.append(self._combo_count_key)
+        self._incomplete = (rendered.shared, keys)
+
     # the count rule ------------------------------------------------------------------------
 
     def _stated(self, prompt: str) -> int | None:
@@ -590,9 +631,16 @@ class Planner:
         cache[prompt] = found = stated_image_count(prompt)
         return found
 
-    def _check_count(self, state: _GroupState, rendered: RenderedJob, body: Mapping[str, Any], images: int) -> bool:
+    def _check_count(
+        self, state: _GroupState, rendered: RenderedJob, body: Mapping[str, Any], images: int,
+        *, prompt: str | None = None, complete: bool = True,
+    ) -> bool:
+        """Check the count rule; ``prompt``: the prompt's text when it is not in ``body`` (as
+        far as it rendered: ``complete`` False, then a prompt without a number says nothing)."""
         spec = state.spec
-        prompt = body.get(spec.prompt_field or "")
+        self._combo_count_key = None
+        if prompt is None:
+            prompt = body.get(spec.prompt_field or "")
         if not isinstance(prompt, str):
             return True
         stated = self._stated(prompt)
@@ -600,6 +648,8 @@ class Planner:
         prompt_path = group.origins.get(f"input.{spec.prompt_field}")
         count_field = spec.count_field or ""
         key: tuple[Any, ...]
+        if stated is None and not complete:
+            return True
         if stated is None:
             key = ("no-count", group.name, prompt_path)
             if self._problems.seen(key):
@@ -616,17 +666,23 @@ class Planner:
             return True
         in_input = count_field in rendered.input
         key = ("count", group.name, stated, images)
+        self._combo_count_key = key
         if self._combo is not None:
             self._combo.count_key = key
         if self._problems.seen(key):
             return False
+        # point at the number written as is: a count typed into the input, else the prompt
+        written = group.input.get(count_field)
+        fixed_count = in_input and written is not None and not isinstance(written, str)
+        where = group.origins.get(f"input.{count_field}") if fixed_count else prompt_path
         self._problems.add(key, Problem(
             f"the prompt asks for {stated} image{'' if stated == 1 else 's'} but {count_field} is {images}"
             + ("" if in_input else " (its default)"),
-            job=rendered.name, variables=rendered.variables, field=f"input.{spec.prompt_field}",
+            job=rendered.name, variables=rendered.variables,
+            field=f"input.{count_field if fixed_count else spec.prompt_field}",
             hint=f"make them agree: write '{images}' in the prompt or set {count_field}: {stated} "
             "(the price follows that field)",
-            **self._where(prompt_path),
+            **self._where(where),
         ))
         return False
 

@@ -245,6 +245,13 @@ BASE = dedent(
 
 
 def expand(text: str, overrides: dict[str, Any] | None = None) -> tuple[list[Any], Expander]:
+    """The complete jobs (those that can run), and the expander with its problems."""
+    jobs, expander = expand_all(text, overrides)
+    return [j for j in jobs if j.unrendered is None], expander
+
+
+def expand_all(text: str, overrides: dict[str, Any] | None = None) -> tuple[list[Any], Expander]:
+    """Every job, with those that could not be completely rendered."""
     pipeline = parse_pipeline(text, "p.yaml")
     if overrides:
         pipeline, problems = apply_overrides(pipeline, overrides)
@@ -330,8 +337,12 @@ def test_override_values_are_read_as_yaml() -> None:
 
 
 def test_undefined_variables_are_reported_once_with_line_and_field() -> None:
-    jobs, expander = expand(BASE.replace("{{ place }}", "{{ plaec }}"))
-    assert jobs == []
+    jobs, expander = expand_all(BASE.replace("{{ place }}", "{{ plaec }}"))
+    assert len(jobs) == 2 and all(j.unrendered is not None for j in jobs)
+    # the other fields are rendered, and the text as far as it can be (for the count rule)
+    assert jobs[0].shared == {"sequential_image_generation_options": 2}
+    assert jobs[0].unrendered.fields == {"text"} and not jobs[0].unrendered.name
+    assert jobs[0].unrendered.partial == {"text": "Generate 2 images of calm  "}
     (problem,) = expander.problems
     assert problem.line == 6 and problem.field == "input.text"
     assert "undefined variable 'plaec'" in problem.message and problem.hint == "did you mean 'place'?"
@@ -339,8 +350,10 @@ def test_undefined_variables_are_reported_once_with_line_and_field() -> None:
 
 
 def test_variables_missing_only_in_an_include_combination() -> None:
-    jobs, expander = expand(BASE + "  include: [{mood: odd}]\n")
+    every, expander = expand_all(BASE + "  include: [{mood: odd}]\n")
+    jobs = [j for j in every if j.unrendered is None]
     assert len(jobs) == 2  # the include combination has no `count`
+    assert every[2].unrendered.fields == {"text", "sequential_image_generation_options"}
     text_problem, count_problem = expander.problems
     assert "undefined variable 'count'" in text_problem.message
     assert text_problem.variables == {"mood": "odd"} and text_problem.line == 6
@@ -352,8 +365,10 @@ def test_template_syntax_errors_name_the_yaml_line() -> None:
     text = BASE.replace('"Generate {{ count }} images of {{ mood }} {{ place }}"',
                         "|\n    Generate {{ count }} images\n    of {{ mood }"
                         )
-    jobs, expander = expand(text)
-    assert jobs == []
+    jobs, expander = expand_all(text)
+    # the field that does not compile is never rendered; the others are
+    assert [j.unrendered.fields for j in jobs] == [{"text"}, {"text"}]
+    assert jobs[0].shared == {"sequential_image_generation_options": 2}
     (problem,) = expander.problems
     assert problem.field == "input.text" and problem.line == 8
     assert "template syntax error" in problem.message
@@ -366,8 +381,9 @@ def test_unknown_filters_suggest_a_known_one() -> None:
 
 
 def test_render_errors_are_reported_with_the_job_variables() -> None:
-    jobs, expander = expand(BASE + "job_name: '{{ mood.upper() ~ (1 / (count - 2)) }}'\n")
-    assert jobs == []
+    jobs, expander = expand_all(BASE + "job_name: '{{ mood.upper() ~ (1 / (count - 2)) }}'\n")
+    assert [(j.unrendered.name, j.unrendered.fields) for j in jobs] == [(True, set())] * 2
+    assert jobs[0].shared["text"] == "Generate 2 images of calm sea"  # the input is still checked
     (problem,) = expander.problems
     assert problem.field == "job_name" and "division" in problem.message and problem.line == 11
 
@@ -432,7 +448,7 @@ def test_names_proven_distinct_are_distinct(axes: dict[str, list[str]], seeds: l
         data["seeds"] = seeds
     expander = Expander(parse_pipeline(yaml.safe_dump(data), "p.yaml"))
     proven = names_are_distinct([c.group for c in expander.groups], [c.name for c in expander.groups])
-    names = [j.name for j in expander.jobs()]
+    names = [j.name for j in expander.jobs() if j.unrendered is None]
     if proven:
         assert len(set(names)) == len(names), names
     assert len(set(names)) == len(names)  # with or without the proof, names end up unique

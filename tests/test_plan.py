@@ -343,3 +343,96 @@ def test_an_empty_job_name_is_an_error() -> None:
     (problem,) = errors_of(BASE + "job_name: '{{ \"\" }}'\n")
     assert problem.field == "job_name" and "empty" in problem.message and problem.line == 14
     assert "fixed text" in (problem.hint or "")
+
+
+# --- one problem does not hide the others ---------------------------------------------------------
+
+BAD = dedent(
+    """\
+    version: 1
+    name: bad
+    model: bytedance/seedream-4-0/sequential
+    input:
+      text: "Generate {{ count }} images of a {{ mood }} sunset over {{ plcae }}."
+      sequential_image_generation_options: 4
+      image_size: "{{ size }}"
+      promt_extra: x
+    matrix:
+      mood: [a, b]
+      mood: [c]
+      size: ["16:9", "2048:2048 (1:1)"]
+      count: [3]
+    """
+)
+
+
+def located(problems: list[Problem]) -> list[tuple[int | None, str | None]]:
+    return [(p.line, p.field) for p in problems]
+
+
+def test_every_problem_of_a_pipeline_is_reported_together() -> None:
+    problems = errors_of(BAD)
+    assert located(problems) == [
+        (5, "input.text"),
+        (6, "input.sequential_image_generation_options"),
+        (8, "input.promt_extra"),
+        (11, "matrix.mood"),
+        (12, "input.image_size"),
+    ]
+    undefined, count, unknown, duplicate, size = problems
+    assert "undefined variable 'plcae'" in undefined.message
+    assert "known: count, mood, seed, size" in (undefined.hint or "")
+    assert count.message == ("the prompt asks for 3 images but sequential_image_generation_options is 4"
+                             " (in 2 jobs)")
+    assert "fields: text, sequential_image_generation_options" in (unknown.hint or "")
+    assert "duplicate key 'mood'" in duplicate.message and "line 11 is used" in duplicate.message
+    assert size.message.startswith("'16:9' is not an allowed image_size")
+    assert size.hint == "did you mean '2560:1440 (16:9)'?" and size.variables is not None
+    assert size.variables["mood"] == "c"  # the last of the duplicate keys is used
+    # with the variable fixed, the others remain: nothing was hiding behind it
+    fixed = errors_of(BAD.replace("plcae", "mood"))
+    assert located(fixed) == located(problems)[1:]
+
+
+def test_an_undefined_variable_hides_only_the_checks_that_need_its_field() -> None:
+    text = BASE.replace('image_size: "{{ size }}"', 'image_size: "{{ sise }}"').replace(
+        "count: [3]", "count: [3, 16]")
+    problems = errors_of(text)
+    assert located(problems) == [(8, "input.image_size"), (12, "input.sequential_image_generation_options")]
+    assert "undefined variable 'sise'" in problems[0].message and problems[0].hint == "did you mean 'size'?"
+    assert "16 is not an allowed sequential_image_generation_options" in problems[1].message
+
+
+def test_the_count_rule_reads_the_part_of_a_prompt_that_renders() -> None:
+    # the prompt cannot be rendered (mod is undefined), but its number can be read: 3 != 4
+    text = BASE.replace("{{ mood }}", "{{ mod }}").replace('"{{ count }}"\n', "4\n", 1)
+    problems = errors_of(text)
+    assert located(problems) == [(6, "input.text"), (7, "input.sequential_image_generation_options")]
+    assert "asks for 3 images but sequential_image_generation_options is 4" in problems[1].message
+    # where the number itself is what cannot be rendered, the count rule says nothing (no warning)
+    with pytest.raises(PipelineError) as info:
+        plan_text(BASE.replace("Generate {{ count }}", "Generate {{ cuont }}"))
+    assert located(info.value.problems) == [(6, "input.text")]
+
+
+def test_a_field_that_fails_to_render_does_not_hide_the_other_fields() -> None:
+    text = BASE.replace("sunset over a {{ place }}.", "sunset over a {{ place[99] }}.").replace(
+        '"2048:2048 (1:1)"', '"1:1"')
+    problems = errors_of(text)
+    assert located(problems) == [(6, "input.text"), (11, "input.image_size")]
+    assert problems[0].message.startswith("template error") and "(1:1)" in (problems[1].hint or "")
+
+
+def test_a_job_name_that_fails_does_not_hide_the_input_problems() -> None:
+    text = BASE.replace('"2048:2048 (1:1)"', '"1:1"') + "job_name: '{{ mood }}-{{ 1 // (seed - 1) }}'\n"
+    problems = errors_of(text)
+    assert located(problems) == [(11, "input.image_size"), (14, "job_name")]
+    assert "(in 4 jobs)" in problems[0].message  # both seeds of both moods, the failing name too
+
+
+def test_a_template_that_does_not_compile_does_not_hide_the_rest_of_its_group() -> None:
+    text = BASE.replace('"Generate {{ count }}', '"Generate {{ count }').replace(
+        '"2048:2048 (1:1)"', '"1:1"') + "job_name: '{{ mood | slg }}'\n"
+    problems = errors_of(text)
+    assert located(problems) == [(6, "input.text"), (11, "input.image_size"), (14, "job_name")]
+    assert [p.message.split(":")[0] for p in (problems[0], problems[2])] == ["template syntax error"] * 2
