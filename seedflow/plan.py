@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -408,12 +409,14 @@ class Planner:
         self,
         pipeline: Pipeline,
         *,
-        overrides: Mapping[str, Any] | None = None,
+        overrides: Mapping[str, Any] | Sequence[str] | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
     ) -> None:
         self._problems = _Problems()
         self._problems.extend(pipeline.problems)  # found while reading, planned anyway
-        self.overrides = dict(overrides or {})
+        # a bad --set is reported with the rest; the good ones still apply
+        self.overrides, problems = _overrides(overrides)
+        self._problems.extend(problems)
         pipeline, problems = apply_overrides(pipeline, self.overrides)
         self._problems.extend(problems)
         self.pipeline = pipeline
@@ -517,12 +520,20 @@ class Planner:
         Call :meth:`raise_for_errors` after the last job (the jobs of an invalid pipeline
         must not be run).
         """
+        rendered_jobs = self.expander.jobs()
         if not self._check_size():
+            # too many jobs to plan, but the first ones are still checked: their problems
+            # are likely those of the whole sweep, and fixing both at once saves a round
+            for _ in self._plan(itertools.islice(rendered_jobs, self.max_jobs)):
+                pass
             return
+        yield from self._plan(rendered_jobs)
+
+    def _plan(self, rendered_jobs: Iterable[RenderedJob]) -> Iterator[Job]:
         states = self._states
         explicit_seeds = any(g.seeds.values and len(g.seeds.values) > 1 for g in self.pipeline.groups)
         last_combo: Any = None
-        for rendered in self.expander.jobs():
+        for rendered in rendered_jobs:
             state = states[id(rendered.group)]
             if rendered.combination is not last_combo:
                 last_combo = rendered.combination
@@ -855,13 +866,13 @@ def iter_jobs(
     """A :class:`Planner` whose :meth:`~Planner.jobs` streams the jobs (nothing is kept)."""
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline)
-    values = _overrides(overrides, pipeline)
-    return Planner(pipeline, overrides=values, max_jobs=max_jobs)
+    return Planner(pipeline, overrides=overrides, max_jobs=max_jobs)
 
 
-def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None, pipeline: Pipeline) -> dict[str, Any]:
+def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> tuple[dict[str, Any], list[Problem]]:
+    """``--set`` values, and the problems of those that cannot be read."""
     if overrides is None:
-        return {}
+        return {}, []
     if isinstance(overrides, Mapping):
         # values given as text on a command line are read as YAML ("3" -> 3, "[a, b]" -> list)
         items = [f"{k}={v}" if isinstance(v, str) else None for k, v in overrides.items()]
@@ -869,9 +880,7 @@ def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None, pipeline: Pi
         parsed.update({k: v for k, v in overrides.items() if not isinstance(v, str)})
     else:
         parsed, problems = parse_overrides(overrides)
-    if problems:
-        raise PipelineError(problems, file=pipeline.path)
-    return parsed
+    return parsed, problems
 
 
 def plan_pipeline(

@@ -168,3 +168,15 @@ def test_plan_table_shows_groups() -> None:
     result = run("plan", str(ROOT / "pipelines" / "product-shots.yaml"))
     header, first = result.output.splitlines()[:2]
     assert header.split()[:3] == ["#", "group", "job"] and first.split()[1] == "hero"
+
+
+def test_bad_set_values_and_pipeline_errors_are_printed_together(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    for command in ("validate", "plan"):
+        result = run(command, str(path), "--set", "mod=x", "--set", "nothing")
+        assert result.exit_code == 1
+        assert "--set mod: nothing named 'mod'" in result.output and "did you mean 'mood'?" in result.output
+        assert "--set 'nothing' is not KEY=VALUE" in result.output
+        assert f"{path}:10:10: error" in result.output and "field 'input.image_size'" in result.output
+        assert "3 errors" in result.output

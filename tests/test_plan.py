@@ -436,3 +436,61 @@ def test_a_template_that_does_not_compile_does_not_hide_the_rest_of_its_group() 
     problems = errors_of(text)
     assert located(problems) == [(6, "input.text"), (11, "input.image_size"), (14, "job_name")]
     assert [p.message.split(":")[0] for p in (problems[0], problems[2])] == ["template syntax error"] * 2
+
+
+def test_set_errors_are_reported_with_the_problems_of_the_pipeline() -> None:
+    text = BASE.replace('"2048:2048 (1:1)"', '"1:1"')
+    problems = errors_of(text, overrides=["novalue", "mod=stormy", "seeds=[-1]", "count=4"])
+    messages = [p.message for p in problems]
+    assert messages[:3] == [
+        "--set 'novalue' is not KEY=VALUE",
+        "--set mod: nothing named 'mod' in the pipeline",
+        "--set seeds=[-1]: seeds are non-negative integers: --set seeds=7 or --set 'seeds=[1, 2]'",
+    ]
+    assert problems[1].hint == "did you mean 'mood'?" and problems[2].field == "seeds"
+    # the good --set still applies (count=4), and the file's own problem is reported with its line
+    assert located(problems[3:]) == [(11, "input.image_size")]
+    assert problems[3].variables is not None and problems[3].variables["count"] == 4
+
+
+def test_a_sweep_over_the_limit_still_reports_the_problems_of_its_first_jobs() -> None:
+    text = BASE.replace("{{ place }}", "{{ plase }}").replace('"2048:2048 (1:1)"', '"1:1"')
+    problems = errors_of(text, max_jobs=5)
+    assert located(problems) == [(6, "input.text"), (9, "matrix"), (11, "input.image_size")]
+    assert "8 jobs, more than the limit of 5" in problems[1].message
+
+
+def test_the_problems_of_every_group_are_reported_together() -> None:
+    text = dedent(
+        """\
+        version: 1
+        name: groups
+        model: bytedance/seedream-4-0/sequential
+        input:
+          text: "Generate 2 images of {{ subject }}"
+          sequential_image_generation_options: 2
+        jobs:
+          a:
+            model: bytedance/seedream-4-0/sequentail
+            vars: {subject: a cat}
+            input: {text: "Generate 2 images of {{ subjet }}"}
+          b:
+            vars: {subject: a dog}
+            input: {image_size: "4:3"}
+          c:
+            vars: {subject: a fox}
+            input: {sequential_image_generation_options: 3}
+        """
+    )
+    problems = errors_of(text)
+    assert located(problems) == [
+        (9, "model"),
+        (11, "input.text"),
+        (14, "input.image_size"),
+        (17, "input.sequential_image_generation_options"),
+    ]
+    assert [(p.job or "").split("-")[0] for p in problems] == ["jobs.a", "a", "b", "c"]
+    assert problems[0].hint == "did you mean 'bytedance/seedream-4-0/sequential'?"
+    assert "undefined variable 'subjet'" in problems[1].message
+    assert problems[2].hint == "did you mean '2304:1728 (4:3)'?"
+    assert "asks for 2 images but sequential_image_generation_options is 3" in problems[3].message
