@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -568,6 +568,15 @@ def _by_position(problem: Problem) -> tuple[int, int]:
 
 def read_text(path: str | os.PathLike[str]) -> str:
     """A pipeline file's text; a file that is not UTF-8 is an error that names the line."""
+    text, problems = _read(path)
+    if problems:
+        raise PipelineError(problems, file=str(path))
+    return text
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[str, list[Problem]]:
+    """The text of a file, and a problem if it is not UTF-8 (then bad bytes read as U+FFFD,
+    so the rest of the file can still be checked)."""
     file = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -578,22 +587,35 @@ def read_text(path: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise PipelineError([Problem(f"cannot read the file: {exc.strerror}", file=file)],
                             file=file) from None
+    problems = []
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise PipelineError([Problem(
+        problems.append(Problem(
             f"the file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
             file=file, line=line, column=column,
             hint="save the file as UTF-8 (most editors: 'Save with encoding')",
-        )], file=file) from None
-    return text.removeprefix("\ufeff")  # a UTF-8 byte order mark is harmless
+        ))
+        text = raw.decode("utf-8", errors="replace")
+    return text.removeprefix("\ufeff"), problems  # a UTF-8 byte order mark is harmless
 
 
 def load_pipeline(path: str | os.PathLike[str]) -> Pipeline:
-    """Read and parse a pipeline file (see :func:`parse_pipeline`)."""
-    return parse_pipeline(read_text(path), str(path))
+    """Read and parse a pipeline file (see :func:`parse_pipeline`).
+
+    A file that is not UTF-8 is still read (so its other problems are found too); the
+    encoding problem is one of :attr:`Pipeline.problems`, which makes planning fail.
+    """
+    text, problems = _read(path)
+    try:
+        pipeline = parse_pipeline(text, str(path))
+    except PipelineError as exc:
+        if not problems:
+            raise
+        raise PipelineError([*problems, *exc.problems], file=str(path)) from None
+    return replace(pipeline, problems=(*problems, *pipeline.problems)) if problems else pipeline
 
 
 

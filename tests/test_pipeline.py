@@ -14,6 +14,7 @@ from seedflow.pipeline import (
     load_pipeline,
     parse_pipeline,
     pipeline_schema,
+    read_text,
     starter_pipeline,
 )
 from seedflow.plan import plan_pipeline
@@ -207,13 +208,25 @@ def test_a_model_is_required_somewhere() -> None:
 
 def test_non_utf8_file_names_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
-    path.write_bytes(GOOD.replace("sea", "mer, très belle").encode("latin-1"))
+    path.write_bytes(GOOD.replace("sea", "mer très belle").encode("latin-1"))
     with pytest.raises(PipelineError) as info:
-        load_pipeline(path)
+        plan_pipeline(load_pipeline(path))
     problem = only(info.value.problems)
     assert problem.line == 4 and problem.column is not None
     assert "not UTF-8" in problem.message and "UTF-8" in (problem.hint or "")
     assert f"{path}:4" in info.value.format_message()
+
+
+def test_a_file_that_is_not_utf8_is_still_checked(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    text = GOOD.replace("sea", "mer très belle").replace("count: [1, 2]", "count: []") + "matrx: {}\n"
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(path)
+    assert [(p.line, p.field) for p in info.value.problems] == [(4, None), (9, "matrix.count"), (10, "matrx")]
+    assert "not UTF-8" in info.value.problems[0].message
+    with pytest.raises(PipelineError, match="not UTF-8"):
+        read_text(path)
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:
