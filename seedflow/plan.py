@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema
 
-from .errors import LimitExceeded, LockMismatch, PipelineError, Problem, UnknownModelError
+from .errors import LimitExceeded, LockMismatch, PipelineError, Problem, UnknownModelError, UsageError
 from .expand import Expander, RenderedJob, apply_overrides, canonical_json, parse_overrides
 from .models import ModelSpec, get_model, stated_image_count
 from .pipeline import Group, Pipeline, YamlPath, did_you_mean, load_pipeline
@@ -91,6 +91,7 @@ class Plan:
     warnings: tuple[Problem, ...] = ()
     axes: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # job selectors: the plan holds only the jobs they select
 
     @property
     def total_images(self) -> int:
@@ -119,6 +120,7 @@ class Plan:
             "pipeline": {"path": self.pipeline_path, "name": self.pipeline_name,
                          "sha256": self.pipeline_sha256},
             "overrides": dict(self.overrides),
+            "only": list(self.only),
             "totals": {"jobs": len(self.jobs), "images": self.total_images,
                        "estimated_cost": self.estimated_cost, "currency": self.currency},
             "axes": {k: list(v) for k, v in self.axes.items()},
@@ -411,8 +413,10 @@ class Planner:
         *,
         overrides: Mapping[str, Any] | Sequence[str] | None = None,
         max_jobs: int = DEFAULT_MAX_JOBS,
+        only: Sequence[str] | None = None,
     ) -> None:
         self._problems = _Problems()
+        self.only = tuple(only or ())
         self._problems.extend(pipeline.problems)  # found while reading, planned anyway
         # a bad --set is reported with the rest; the good ones still apply
         self.overrides, problems = _overrides(overrides)
@@ -527,7 +531,31 @@ class Planner:
             for _ in self._plan(itertools.islice(rendered_jobs, self.max_jobs)):
                 pass
             return
-        yield from self._plan(rendered_jobs)
+        if self.only:
+            yield from self._select(self._plan(rendered_jobs))
+        else:
+            yield from self._plan(rendered_jobs)
+
+    def _select(self, jobs: Iterable[Job]) -> Iterator[Job]:
+        """The jobs an ``only`` selector names: by id, id prefix (6+ characters) or name.
+
+        The whole pipeline is still checked; a selector that selects nothing is an error
+        naming the closest job names (so the names are kept while selecting).
+        """
+        wanted = set(self.only)
+        prefixes = [s for s in self.only if len(s) >= _MIN_ID_PREFIX]
+        matched: set[str] = set()
+        names: list[str] = []
+        for job in jobs:
+            names.append(job.name)
+            hits = {s for s in (job.id, job.name) if s in wanted}
+            hits.update(p for p in prefixes if job.id.startswith(p))
+            if hits:
+                matched |= hits
+                yield job
+        for selector in self.only:
+            if selector not in matched:
+                self._problems.extend([_unmatched(selector, names)])
 
     def _plan(self, rendered_jobs: Iterable[RenderedJob]) -> Iterator[Job]:
         states = self._states
@@ -763,6 +791,22 @@ class Planner:
             self.axes.setdefault(name, []).append(value)
 
 
+_MIN_ID_PREFIX = 6
+
+
+def _unmatched(selector: str, names: Sequence[str]) -> Problem:
+    close = difflib.get_close_matches(selector, names, n=3, cutoff=0.5)
+    if close:
+        hint = "did you mean " + ", ".join(f"'{n}'" for n in close) + "?"
+    elif selector.startswith("j") and len(selector) < _MIN_ID_PREFIX:
+        hint = f"an id prefix needs at least {_MIN_ID_PREFIX} characters"
+    else:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        hint = f"select a job by its id, an id prefix of {_MIN_ID_PREFIX}+ characters or its name: {shown}"
+    return Problem(f"--only {selector!r} selects no job", file=f"--only {selector}",
+                   field="only", hint=hint)
+
+
 def _image_count(spec: ModelSpec, body: Mapping[str, Any]) -> int:
     """How many images ``body`` asks for (its defaults are filled in already)."""
     if spec.count_field is None:
@@ -862,11 +906,15 @@ def iter_jobs(
     *,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     max_jobs: int = DEFAULT_MAX_JOBS,
+    only: Sequence[str] | None = None,
 ) -> Planner:
-    """A :class:`Planner` whose :meth:`~Planner.jobs` streams the jobs (nothing is kept)."""
+    """A :class:`Planner` whose :meth:`~Planner.jobs` streams the jobs (nothing is kept).
+
+    ``only``: job selectors (id, id prefix of 6+ characters, or name); see :func:`plan_file`.
+    """
     if not isinstance(pipeline, Pipeline):
         pipeline = load_pipeline(pipeline)
-    return Planner(pipeline, overrides=overrides, max_jobs=max_jobs)
+    return Planner(pipeline, overrides=overrides, max_jobs=max_jobs, only=only)
 
 
 def _overrides(overrides: Mapping[str, Any] | Sequence[str] | None) -> tuple[dict[str, Any], list[Problem]]:
@@ -888,9 +936,10 @@ def plan_pipeline(
     *,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
     max_jobs: int = DEFAULT_MAX_JOBS,
+    only: Sequence[str] | None = None,
 ) -> Plan:
     """Plan a parsed pipeline; raise :class:`PipelineError` carrying every problem."""
-    planner = iter_jobs(pipeline, overrides=overrides, max_jobs=max_jobs)
+    planner = iter_jobs(pipeline, overrides=overrides, max_jobs=max_jobs, only=only)
     jobs = tuple(planner.jobs())
     planner.raise_for_errors()
     return Plan(
@@ -902,6 +951,7 @@ def plan_pipeline(
         warnings=tuple(planner.warnings),
         axes={k: tuple(v) for k, v in planner.axes.items()},
         overrides=planner.overrides,
+        only=planner.only,
     )
 
 
@@ -910,9 +960,16 @@ def plan_file(
     *,
     overrides: Mapping[str, str] | Sequence[str] | None = None,
     max_jobs: int = DEFAULT_MAX_JOBS,
+    only: Sequence[str] | None = None,
 ) -> Plan:
-    """Read, expand and check a pipeline file: the jobs to run, or every problem at once."""
-    return plan_pipeline(load_pipeline(path), overrides=overrides, max_jobs=max_jobs)
+    """Read, expand and check a pipeline file: the jobs to run, or every problem at once.
+
+    ``only`` keeps the jobs that a selector names: a job id (``j3f9c...``), an id prefix of
+    at least 6 characters, or a job name. The whole pipeline is still checked (a problem
+    anywhere fails the plan), and a selector that selects no job is an error that names the
+    closest job names. Jobs keep their index in the whole plan.
+    """
+    return plan_pipeline(load_pipeline(path), overrides=overrides, max_jobs=max_jobs, only=only)
 
 
 def check_limits(plan: Plan | Totals, *, max_images: int | None = None, max_cost: float | None = None) -> None:
@@ -959,6 +1016,8 @@ def write_lock(plan: Plan) -> Path:
     """Write the plan's resolved jobs next to its pipeline (for version control)."""
     if plan.pipeline_path is None:
         raise LockMismatch("a plan read from text has no file to lock beside")
+    if plan.only:
+        raise UsageError("a lock file records the whole plan: lock it without --only")
     path = lock_path(plan.pipeline_path)
     text = json.dumps(_lock_data(plan), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
     tmp = path.with_name(path.name + ".tmp")

@@ -180,3 +180,16 @@ def test_bad_set_values_and_pipeline_errors_are_printed_together(tmp_path: Path)
         assert "--set 'nothing' is not KEY=VALUE" in result.output
         assert f"{path}:10:10: error" in result.output and "field 'input.image_size'" in result.output
         assert "3 errors" in result.output
+
+
+def test_plan_only(tmp_path: Path) -> None:
+    jobs = json.loads(run("plan", str(SUNSET), "--format", "json").output)["jobs"]
+    result = run("plan", str(SUNSET), "--only", jobs[2]["name"], "--only", jobs[4]["id"][:8])
+    assert result.exit_code == 0, result.output
+    assert jobs[2]["name"] in result.output and jobs[4]["name"] in result.output
+    assert jobs[0]["name"] not in result.output and "2 jobs" in result.output
+    lines = run("plan", str(SUNSET), "--only", jobs[4]["id"], "--format", "jsonl").output.splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [jobs[4]["id"]]
+    missing = run("plan", str(SUNSET), "--only", jobs[2]["name"] + "-x")
+    assert missing.exit_code == 1 and f"did you mean '{jobs[2]['name']}'" in missing.output
+    assert run("plan", str(SUNSET), "--only", jobs[2]["name"], "--lock").exit_code == 2

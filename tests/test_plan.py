@@ -494,3 +494,44 @@ def test_the_problems_of_every_group_are_reported_together() -> None:
     assert "undefined variable 'subjet'" in problems[1].message
     assert problems[2].hint == "did you mean '2304:1728 (4:3)'?"
     assert "asks for 2 images but sequential_image_generation_options is 3" in problems[3].message
+
+
+# --- selecting jobs -----------------------------------------------------------------------------
+
+
+def test_only_selects_jobs_by_id_id_prefix_and_name() -> None:
+    whole = plan_text(BASE)
+    first, second, third = whole.jobs[0], whole.jobs[1], whole.jobs[5]
+    selected = plan_text(BASE, only=[first.id, second.id[:7], third.name])
+    assert [j.id for j in selected.jobs] == [first.id, second.id, third.id]
+    assert [j.index for j in selected.jobs] == [0, 1, 5]  # jobs keep their place in the whole plan
+    assert selected.jobs[2] == third and selected.only == (first.id, second.id[:7], third.name)
+    assert selected.totals().jobs == 3 and selected.total_images == 9
+    assert plan_text(BASE, only=[third.name, third.id]).jobs == (third,)  # a job is kept once
+
+
+def test_only_with_a_selector_that_selects_nothing_names_close_jobs() -> None:
+    whole = plan_text(BASE)
+    name = whole.jobs[0].name
+    problems = errors_of(BASE, only=[name + "x", whole.jobs[0].id[:4], whole.jobs[1].name])
+    assert [p.field for p in problems] == ["only", "only"]
+    assert problems[0].message == f"--only '{name}x' selects no job"
+    assert f"did you mean '{name}'" in (problems[0].hint or "") and problems[0].location() == f"--only {name}x"
+    assert "at least 6 characters" in (problems[1].hint or "")
+
+
+def test_only_still_checks_the_whole_pipeline() -> None:
+    text = BASE.replace('"2048:2048 (1:1)"', '"1:1"')
+    name = plan_text(BASE).jobs[0].name
+    (problem,) = errors_of(text, only=[name])
+    assert problem.field == "input.image_size"
+
+
+def test_only_is_a_keyword_of_plan_file_and_the_streaming_planner(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE)
+    job = plan_file(path).jobs[3]
+    assert plan_file(path, only=[job.id]).jobs == (job,)
+    planner = iter_jobs(path, only=[job.name])
+    assert list(planner.jobs()) == [job]
+    planner.raise_for_errors()

@@ -99,6 +99,9 @@ def _summary(totals: Totals) -> str:
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None,
               help="Refuse a plan whose estimated cost is higher.")
 @click.option("--lock", is_flag=True, help="Write <pipeline>.lock.json beside the pipeline.")
+@click.option("--only", "only", multiple=True, metavar="SELECTOR",
+              help="Keep only the jobs with this id, id prefix (6+ characters) or name; the whole "
+              "pipeline is still checked. Repeatable.")
 def plan(
     pipeline: str,
     overrides: Sequence[str],
@@ -107,6 +110,7 @@ def plan(
     max_images: int | None,
     max_cost: float | None,
     lock: bool,
+    only: Sequence[str],
 ) -> None:
     """Expand a pipeline into jobs and show them with totals (nothing is sent).
 
@@ -115,13 +119,16 @@ def plan(
       seedflow plan pipelines/sunset-study.yaml
       seedflow plan pipelines/sunset-study.yaml --set mood=stormy --format json
       seedflow plan pipelines/sunset-study.yaml --lock
+      seedflow plan pipelines/sunset-study.yaml --only stormy-2560-1440-16-9-s1
     """
+    if lock and only:
+        raise UsageError("a lock file records the whole plan: use --lock without --only")
     if fmt == "jsonl":
         if lock:
             raise UsageError("--lock needs the whole plan: use it with --format table or json")
-        _stream_jsonl(pipeline, overrides, max_jobs, max_images, max_cost)
+        _stream_jsonl(pipeline, overrides, max_jobs, max_images, max_cost, only)
         return
-    result = plan_file(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+    result = plan_file(pipeline, overrides=list(overrides), max_jobs=max_jobs, only=list(only))
     check_limits(result.totals(), max_images=max_images, max_cost=max_cost)
     _echo_warnings(result.warnings)
     if fmt == "json":
@@ -134,19 +141,20 @@ def plan(
 
 
 def _stream_jsonl(
-    pipeline: str, overrides: Sequence[str], max_jobs: int, max_images: int | None, max_cost: float | None
+    pipeline: str, overrides: Sequence[str], max_jobs: int, max_images: int | None, max_cost: float | None,
+    only: Sequence[str] = (),
 ) -> None:
     """One job per line, in constant memory.
 
     A first pass checks the whole pipeline (and the limits) without printing or keeping
     anything, so an invalid or refused plan prints no job at all; the second pass prints.
     """
-    checking = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs)
+    checking = iter_jobs(pipeline, overrides=list(overrides), max_jobs=max_jobs, only=list(only))
     totals = Totals.of(checking.jobs())
     _echo_warnings(checking.warnings)
     checking.raise_for_errors()
     check_limits(totals, max_images=max_images, max_cost=max_cost)
-    planner = iter_jobs(checking.pipeline, overrides=None, max_jobs=max_jobs)
+    planner = iter_jobs(checking.pipeline, overrides=None, max_jobs=max_jobs, only=list(only))
     write = sys.stdout.write
     dumps = json.JSONEncoder(ensure_ascii=False, default=str).encode
     for job in planner.jobs():
