@@ -37,6 +37,7 @@ __all__ = [
     "job_id",
     "lock_path",
     "plan_file",
+    "plan_locked",
     "plan_pipeline",
     "write_lock",
 ]
@@ -1026,19 +1027,45 @@ def write_lock(plan: Plan) -> Path:
     return path
 
 
-def check_lock(plan: Plan) -> None:
-    """Raise :class:`LockMismatch` when the pipeline no longer expands to its lock file."""
-    if plan.pipeline_path is None:
-        raise LockMismatch("a plan read from text has no lock file")
-    path = lock_path(plan.pipeline_path)
+def _read_lock(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The jobs of a lock file by name, and the ``--set`` values it was made with."""
     try:
         locked = json.loads(path.read_text(encoding="utf-8"))
         locked_jobs = {j["name"]: j for j in locked["jobs"]}
+        overrides = dict(locked.get("overrides") or {})
     except FileNotFoundError:
         raise LockMismatch(f"no lock file {path}", hint="create it with `seedflow plan --lock`") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise LockMismatch(f"{path} is not a seedflow lock file ({exc})",
                            hint="recreate it with `seedflow plan --lock`") from None
+    return locked_jobs, overrides
+
+
+def plan_locked(
+    path: str | os.PathLike[str],
+    *,
+    overrides: Sequence[str] = (),
+    max_jobs: int = DEFAULT_MAX_JOBS,
+) -> Plan:
+    """Plan a pipeline with the ``--set`` values recorded in its lock file, then check that
+    it still expands to that lock (raise :class:`LockMismatch` if not).
+
+    ``overrides`` (``KEY=VALUE``) apply after the recorded ones, so they win.
+    """
+    _, recorded = _read_lock(lock_path(path))
+    # JSON is YAML: the values read back exactly as they were recorded ("3" stays text)
+    items = [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in recorded.items()]
+    plan = plan_file(path, overrides=[*items, *overrides], max_jobs=max_jobs)
+    check_lock(plan)
+    return plan
+
+
+def check_lock(plan: Plan) -> None:
+    """Raise :class:`LockMismatch` when the pipeline no longer expands to its lock file."""
+    if plan.pipeline_path is None:
+        raise LockMismatch("a plan read from text has no lock file")
+    path = lock_path(plan.pipeline_path)
+    locked_jobs, _ = _read_lock(path)
     current = {j.name: j for j in plan.jobs}
     added = [n for n in current if n not in locked_jobs]
     removed = [n for n in locked_jobs if n not in current]

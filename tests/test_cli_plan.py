@@ -193,3 +193,18 @@ def test_plan_only(tmp_path: Path) -> None:
     missing = run("plan", str(SUNSET), "--only", jobs[2]["name"] + "-x")
     assert missing.exit_code == 1 and f"did you mean '{jobs[2]['name']}'" in missing.output
     assert run("plan", str(SUNSET), "--only", jobs[2]["name"], "--lock").exit_code == 2
+
+
+def test_locked_reapplies_the_set_values_recorded_in_the_lock(sunset: Path) -> None:
+    made = run("plan", str(sunset), "--lock", "--set", "mood=stormy", "--set", "place='7'")
+    assert made.exit_code == 0, made.output
+    lock = json.loads((sunset.parent / "sunset-study.lock.json").read_text())
+    assert lock["overrides"] == {"mood": "stormy", "place": "7"}
+    result = run("validate", str(sunset), "--locked")  # no --set repeated
+    assert result.exit_code == 0, result.output
+    assert "matches its lock file" in result.output and '(--set mood="stormy" place="7")' in result.output
+    # a --set given on the command line applies after the recorded ones
+    changed = run("validate", str(sunset), "--locked", "--set", "place=lake")
+    assert changed.exit_code == 1 and "changed" in changed.output
+    # without --locked, nothing is read from the lock
+    assert "(--set" not in run("validate", str(sunset)).output

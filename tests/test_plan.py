@@ -535,3 +535,21 @@ def test_only_is_a_keyword_of_plan_file_and_the_streaming_planner(tmp_path: Path
     planner = iter_jobs(path, only=[job.name])
     assert list(planner.jobs()) == [job]
     planner.raise_for_errors()
+
+
+def test_plan_locked_uses_the_recorded_set_values(tmp_path: Path) -> None:
+    from seedflow.plan import plan_locked
+
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE)
+    locked = plan_file(path, overrides=["mood=[stormy]", "count=4", "place='16:9'"])
+    write_lock(locked)
+    again = plan_locked(path)
+    assert again.jobs == locked.jobs and dict(again.overrides) == {"mood": ["stormy"], "count": 4,
+                                                                  "place": "16:9"}
+    with pytest.raises(LockMismatch, match="no longer expands"):
+        check_lock(plan_file(path))  # the same pipeline without the recorded values differs
+    with pytest.raises(LockMismatch, match="no longer expands"):
+        plan_locked(path, overrides=["count=3"])  # the command line wins
+    with pytest.raises(LockMismatch, match="no lock file"):
+        plan_locked(tmp_path / "other.yaml")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,9 @@ from ..plan import (
     Plan,
     Totals,
     check_limits,
-    check_lock,
     iter_jobs,
     plan_file,
+    plan_locked,
     write_lock,
 )
 
@@ -52,7 +52,8 @@ def _echo_warnings(problems: Iterable[Problem]) -> None:
 @click.argument("pipelines", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @_set_option
 @_max_jobs_option
-@click.option("--locked", is_flag=True, help="Also fail if the pipeline no longer expands to its lock file.")
+@click.option("--locked", is_flag=True, help="Also fail if the pipeline no longer expands to its lock file "
+              "(planned with the --set values recorded in the lock; any --set given applies after them).")
 def validate(pipelines: Sequence[str], overrides: Sequence[str], max_jobs: int, locked: bool) -> None:
     """Check pipelines without sending anything: structure, templates, model schema, count rule.
 
@@ -64,19 +65,28 @@ def validate(pipelines: Sequence[str], overrides: Sequence[str], max_jobs: int, 
     failed = 0
     for path in pipelines:
         try:
-            plan = plan_file(path, overrides=list(overrides), max_jobs=max_jobs)
-            _echo_warnings(plan.warnings)
             if locked:
-                check_lock(plan)
+                plan = plan_locked(path, overrides=list(overrides), max_jobs=max_jobs)
+            else:
+                plan = plan_file(path, overrides=list(overrides), max_jobs=max_jobs)
+            _echo_warnings(plan.warnings)
         except SeedflowError as exc:
             if len(pipelines) == 1:
                 raise
             click.echo(f"error: {exc.format_message()}", err=True)  # and go on with the next file
             failed += 1
             continue
-        click.echo(f"{path}: ok, {_summary(plan.totals())}" + (", matches its lock file" if locked else ""))
+        click.echo(f"{path}: ok, {_summary(plan.totals())}" + (", matches its lock file" if locked else "")
+                   + _with_sets(plan.overrides))
     if failed:
         raise click.exceptions.Exit(1)
+
+
+def _with_sets(overrides: Mapping[str, Any]) -> str:
+    if not overrides:
+        return ""
+    shown = " ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in overrides.items())
+    return f" (--set {shown})"
 
 
 def _summary(totals: Totals) -> str:
