@@ -774,9 +774,9 @@ class Expander:
         each field is rendered on its own, so one failing does not hide the others.
         """
         name_template: Template | _Partial | None = compiled.name if name_fine else None
-        if name_template is not None and many_seeds:
+        if compiled.name is not None and name_fine and many_seeds:
             try:
-                name_template = name_template.partial(variables)
+                name_template = compiled.name.partial(variables)
             except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
                 self._report_render_error(compiled, "job_name", exc, variables)
                 name_template = None

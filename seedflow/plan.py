@@ -20,7 +20,14 @@ from typing import Any
 
 import jsonschema
 
-from .errors import LimitExceeded, LockMismatch, PipelineError, Problem, UnknownModelError, UsageError
+from .errors import (
+    LimitExceeded,
+    LockMismatch,
+    PipelineError,
+    Problem,
+    UnknownModelError,
+    UsageError,
+)
 from .expand import Expander, RenderedJob, apply_overrides, canonical_json, parse_overrides
 from .models import ModelSpec, get_model, stated_image_count
 from .pipeline import Group, Pipeline, YamlPath, did_you_mean, load_pipeline
