@@ -8,6 +8,9 @@ runs in a process of its own (so peak memory is its own).
     python bench/run.py                 # 2,000 jobs (about a minute per contender)
     python bench/run.py --jobs 300      # a quick run
 
+A third row runs the executor and journal with an in-memory client that answers at once
+(same durations, same downloads written to disk): the executor's own ceiling, without HTTP.
+
 Prints for each: wall time; efficiency = ideal makespan (the emulator's actual processing
 times, scheduled first-come first-served on its slots) / wall time; status requests per job;
 the delay between a job completing on the emulator and the runner noticing (median, p95);
@@ -174,6 +177,83 @@ def _naive_main(conn: Any, base_url: str, jobs: int, concurrency: int) -> None:
         })  # fmt: skip
 
 
+class _InstantClient:
+    """Answers at once, in memory: what the executor itself costs, without HTTP."""
+
+    def __init__(self, low: float, high: float, png: bytes) -> None:
+        self.low, self.high, self.png = low, high, png
+        self.durations: list[float] = []
+        self.completed: dict[str, float] = {}
+        self.status_calls = 0
+
+    async def submit(self, model: str, input: Any) -> Any:
+        from types import SimpleNamespace
+        from uuid import uuid4
+
+        return SimpleNamespace(request_id=str(uuid4()))
+
+    async def wait(self, request_id: str, *, on_status: Any = None) -> Any:
+        import random
+        from types import SimpleNamespace
+
+        duration = random.uniform(self.low, self.high)
+        self.durations.append(duration)
+        await asyncio.sleep(duration)
+        self.completed[request_id] = time.time()
+        if on_status is not None:
+            on_status(SimpleNamespace(request_id=request_id, state="completed", terminal=True))
+        urls = tuple(f"http://files.invalid/{request_id}/{i}.png" for i in range(IMAGES))
+        outputs = SimpleNamespace(images=urls, videos=())
+        return SimpleNamespace(state="completed", outputs=outputs, error=None)
+
+    async def download(self, url: str, dest: Path) -> Any:
+        import hashlib
+        from types import SimpleNamespace
+
+        dest.write_bytes(self.png)
+        digest = hashlib.sha256(self.png).hexdigest()
+        return SimpleNamespace(
+            path=dest, sha256=digest, bytes=len(self.png), content_type="image/png"
+        )
+
+    async def cancel(self, request_id: str) -> Any:
+        raise NotImplementedError
+
+    async def result(self, request_id: str) -> Any:
+        raise NotImplementedError
+
+
+def _executor_only_main(conn: Any, low: float, high: float, jobs: int, concurrency: int) -> None:
+    from seedflow.emulator import render_png
+    from seedflow.executor import Executor, RunEvent
+    from seedflow.plan import plan_file
+    from seedflow.store import RunStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = plan_file(_pipeline(Path(tmp), jobs), max_jobs=jobs)
+        store = RunStore.create(Path(tmp) / "runs", plan, base_url="http://files.invalid")
+        client = _InstantClient(low, high, render_png("bench", 0, 0, 256, 256))
+        noticed: dict[str, float] = {}
+        request_of: dict[int, str] = {}
+
+        def on_event(event: RunEvent) -> None:
+            if event.kind == "job_submitted":
+                request_of[event.job_index or 0] = event.data["request_id"]
+            elif event.kind == "job_finished":
+                noticed[request_of[event.job_index or 0]] = time.time()
+
+        begun = time.perf_counter()
+        summary = asyncio.run(
+            Executor(store, client, concurrency=concurrency, on_event=on_event).run()
+        )
+        wall = time.perf_counter() - begun
+        conn.send({
+            "wall": wall, "ok": summary.ok, "images": summary.images,
+            "durations": client.durations, "completed": client.completed, "noticed": noticed,
+            "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        })  # fmt: skip
+
+
 def _in_process(target: Any, *args: Any) -> dict[str, Any]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -228,6 +308,28 @@ def measure(name: str, target: Any, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def measure_executor_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The executor and journal alone, with a client that answers instantly in memory."""
+    out = _in_process(
+        _executor_only_main, args.min_time, args.max_time, args.jobs, args.concurrency
+    )
+    records = [{"created": i, "processing": d} for i, d in enumerate(out["durations"])]
+    ideal = ideal_makespan(records, args.concurrency)
+    delays = [out["noticed"][rid] - at for rid, at in out["completed"].items()]
+    return {
+        "name": "executor only",
+        "wall": out["wall"],
+        "efficiency": ideal / out["wall"],
+        "ideal": ideal,
+        "status_per_job": 0.0,
+        "delay_median": statistics.median(delays) if delays else float("nan"),
+        "delay_p95": _percentile(delays, 0.95),
+        "peak_mb": out["maxrss_kb"] / 1024,
+        "ok": out["ok"],
+        "images": out["images"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2000)
@@ -244,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         measure("seedflow", _seedflow_main, args),
         measure("plain asyncio+httpx", _naive_main, args),
+        measure_executor_only(args),
     ]
     print(
         f"\n{'runner':<22}{'wall s':>8}{'ideal s':>9}{'effic.':>8}{'status/job':>12}"
@@ -255,11 +358,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['status_per_job']:>12.2f}{r['delay_median']:>12.3f}{r['delay_p95']:>8.3f}"
             f"{r['peak_mb']:>9.0f}  {'yes' if r['ok'] else 'NO'}"
         )
-    ours, theirs = rows
+    ours, theirs, alone = rows
     print(
         f"\nseedflow / plain: wall time x{ours['wall'] / theirs['wall']:.2f}, "
         f"status requests per job x{ours['status_per_job'] / theirs['status_per_job']:.2f}; "
         f"efficiency target >= 0.9: {'met' if ours['efficiency'] >= 0.9 else 'NOT met'}"
+    )
+    print(
+        f"executor only (no HTTP: an in-memory client): efficiency {alone['efficiency']:.2f}; "
+        "the difference to seedflow's row is the cost of HTTP on this machine"
     )
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -20,6 +20,7 @@ request id is already in the journal, so ``resume`` picks up where the run left 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import hashlib
 import sqlite3
@@ -254,6 +255,87 @@ class _Work:
     index: int
 
 
+class LearnedPoll:
+    """A poll policy that learns how long this run's jobs take, and polls when they finish.
+
+    Until ``min_samples`` jobs have finished it is the client's policy. Then, while a job runs,
+    the next poll is when a fraction ``share`` of the jobs still running at this age would have
+    finished (from the durations seen so far), and at most ``running_interval`` after the
+    last poll once the earliest completions (5th percentile) are reached. So nothing is asked
+    before any job could be done, and a run of 30 s jobs is polled a handful of times instead
+    of every second from the start. Queued jobs keep the client's queue-aware schedule.
+    """
+
+    def __init__(
+        self, base: Any, *, share: float = 0.5, min_samples: int = 16, window: int = 256
+    ) -> None:
+        self.base = base
+        self.share = share
+        self.min_samples = min_samples
+        self._window = window
+        self._durations: list[float] = []
+        self._sorted: list[float] = []
+        self._started: dict[str, float] = {}
+        self._last_poll: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:  # every other setting is the client's
+        return getattr(self.base, name)
+
+    # -- what the executor tells it --------------------------------------------------------
+
+    def track(self, request_id: str) -> None:
+        """A job was accepted (or is followed again after a resume) now."""
+        self._started[request_id] = time.monotonic()
+
+    def finished(self, request_id: str) -> None:
+        """The status said the job is finished: learn how long it took."""
+        started = self._started.pop(request_id, None)
+        last = self._last_poll.pop(request_id, started)
+        if started is None or last is None:
+            return
+        # it finished between the last poll that saw it running and now
+        duration = ((last + time.monotonic()) / 2) - started
+        self._durations.append(duration)
+        if len(self._durations) > self._window:
+            del self._durations[0]
+        self._sorted = sorted(self._durations)
+
+    # -- what the client asks ----------------------------------------------------------------
+
+    def _quantile(self, q: float) -> float:
+        ordered = self._sorted
+        return ordered[min(len(ordered) - 1, max(0, int(q * len(ordered))))]
+
+    def _learned(self) -> bool:
+        return len(self._sorted) >= self.min_samples
+
+    @property
+    def first_delay(self) -> float:
+        base = float(self.base.first_delay)
+        if not self._learned():
+            return base
+        return max(base, self._next_after(0.0))
+
+    def _next_after(self, age: float) -> float:
+        """Seconds from ``age`` to the next poll of a job still running at that age."""
+        ordered = self._sorted
+        done = bisect.bisect_right(ordered, age) / len(ordered)
+        target = self._quantile(done + self.share * (1.0 - done))
+        earliest = self._quantile(0.05)
+        latest = max(earliest, age + float(self.base.running_interval))
+        return max(0.02, min(target, latest) - age)
+
+    def next_delay(
+        self, status: Any, polls_in_state: int, drain_rate: float | None = None
+    ) -> float:
+        now = time.monotonic()
+        self._last_poll[status.request_id] = now
+        started = self._started.get(status.request_id)
+        if status.state == "in_queue" or started is None or not self._learned():
+            return float(self.base.next_delay(status, polls_in_state, drain_rate))
+        return self._next_after(now - started)
+
+
 class _Journal:
     """Commits the executor's journal changes from one writer thread, in order.
 
@@ -327,6 +409,7 @@ class Executor:
         reuse_from: Iterable[Path] = (),
         manifest_interval: float | None = None,
         download_concurrency: int = 8,
+        poll_learner: LearnedPoll | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -352,6 +435,7 @@ class Executor:
         self._download_slots = asyncio.Semaphore(max(1, download_concurrency))
         self._dirty = True
         self._journal = _Journal(store)
+        self._learner = poll_learner
 
     def _commit(self, method: Callable[..., Any], *args: Any, durable: bool = False) -> Any:
         """Queue a store change; await the result to know it is committed."""
@@ -654,8 +738,13 @@ class Executor:
             if self.stop.by_user:  # resumed or submitted after Ctrl-C: cancel it too
                 self._cancel_later(index, request_id)
 
+        if self._learner is not None:
+            self._learner.track(request_id)
+
         def on_status(status: Any) -> None:
             if status.terminal:
+                if self._learner is not None:
+                    self._learner.finished(request_id)
                 self._emit("job_finished", index, service_state=status.state)
             elif status.state == "in_progress" and self._states[index] == "queued":
                 self._queued_requests.pop(index, None)
@@ -927,11 +1016,17 @@ async def _drive(
             loop.add_signal_handler(signal.SIGINT, stop.interrupt)
             loop.add_signal_handler(signal.SIGTERM, stop.abort)
             installed = True
+    learner = None
+    if "poll" not in client_options:
+        from .client import PollPolicy
+
+        learner = LearnedPoll(PollPolicy())
+        client_options = {**client_options, "poll": learner}
     try:
         async with Client(token, base_url=base_url, **client_options) as client:
             executor = Executor(
                 store, client, concurrency=concurrency, on_event=on_event, stop=stop,
-                **executor_options,
+                poll_learner=learner, **executor_options,
             )  # fmt: skip
             return await executor.run()
     finally:

@@ -351,3 +351,36 @@ def test_token_never_written_anywhere(emulator: EmulatorHandle, tmp_path: Path) 
             assert TOKEN.encode() not in file.read_bytes(), file
     assert all(TOKEN not in json.dumps(e.to_dict()) for e in events)
     assert TOKEN not in json.dumps(summary.to_dict())
+
+
+def test_learned_poll_waits_for_likely_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After enough jobs finished, polls go where completions happen, not every second."""
+    from types import SimpleNamespace
+
+    import seedflow.executor as executor_module
+    from seedflow.executor import LearnedPoll
+
+    clock = [0.0]
+    monkeypatch.setattr(executor_module.time, "monotonic", lambda: clock[0])
+    base = PollPolicy(first_delay=0.25, running_interval=1.0)
+    poll = LearnedPoll(base, share=0.5, min_samples=16)
+    running = SimpleNamespace(request_id="r", state="in_progress")
+    poll.track("r")
+    assert poll.first_delay == 0.25  # nothing learned yet: the client's policy
+    assert poll.next_delay(running, 0) == base.next_delay(running, 0)
+    for n in range(40):  # jobs that take 30 to 40 s
+        clock[0] = 0.0
+        poll.track(f"j{n}")
+        clock[0] = 29.5
+        poll.next_delay(SimpleNamespace(request_id=f"j{n}", state="in_progress"), 0)
+        clock[0] = 30.5 + n / 4  # finished between the two polls: about 30-40 s
+        poll.finished(f"j{n}")
+    clock[0] = 0.0
+    poll.track("r")
+    first = poll.first_delay
+    assert 29.0 <= first <= 31.0  # not before the earliest completions
+    clock[0] = first
+    assert poll.next_delay(running, 0) <= 1.0  # then at most running_interval apart
+    queued = SimpleNamespace(request_id="r", state="in_queue", queue_position=3)
+    assert poll.next_delay(queued, 0) == base.next_delay(queued, 0)
+    assert poll.unknown_status_timeout == base.unknown_status_timeout
