@@ -384,3 +384,18 @@ def test_learned_poll_waits_for_likely_completion(monkeypatch: pytest.MonkeyPatc
     queued = SimpleNamespace(request_id="r", state="in_queue", queue_position=3)
     assert poll.next_delay(queued, 0) == base.next_delay(queued, 0)
     assert poll.unknown_status_timeout == base.unknown_status_timeout
+
+
+def test_refused_token_stops_the_run_before_more_is_sent(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    emulator.config.token = "the-right-token"
+    summary = run(write_pipeline(tmp_path, 5), emulator, tmp_path, concurrency=1)
+    manifest = manifest_of(summary.path)
+    assert manifest["totals"]["by_state"] == {"pending": 5}
+    assert manifest["status"] == "stopped" and manifest["stop_reason"]
+    assert summary.exit_code == 1 and len(summary.unfinished) == 5
+    assert emulator.stats.submit_calls == 1 and emulator.stats.submits == 0
+    # with the right token the same run finishes
+    again = resume_run(summary.path, base_url=emulator.base_url, token="the-right-token", **FAST)
+    assert again.ok and manifest_of(again.path)["totals"]["by_state"] == {"completed": 5}
