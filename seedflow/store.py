@@ -372,7 +372,8 @@ class RunInfo:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    # key order kept: the axes' order is the pipeline's, and a report lays out its grid by it
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class RunStore:

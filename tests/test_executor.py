@@ -100,6 +100,7 @@ def test_happy_path_on_each_recipe(
     assert submits_per_job(emulator, manifest) == [1] * len(plan.jobs)
     assert [j["input"] for j in manifest["jobs"]] == [dict(j.input) for j in plan.jobs]
     assert manifest["axes"] == {k: list(v) for k, v in plan.axes.items()}
+    assert list(manifest["axes"]) == list(plan.axes)  # in pipeline order
     for job in manifest["jobs"]:
         assert job["request_id"] in emulator.requests
         assert job["submitted_at"] and job["completed_at"] and job["attempts"] == 1
