@@ -596,6 +596,7 @@ class _CompiledGroup:
     # templates that do not compile: these fields (and the name) are never rendered
     broken_fields: set[str] = field(default_factory=set)
     broken_name: bool = False
+    shared_fields: list[tuple[str, Any]] = field(default_factory=list)  # not reading seed or job
 
 
 class Expander:
@@ -621,6 +622,8 @@ class Expander:
         if group.job_name is not None:
             compiled.name = self._compile(compiled, group.job_name, group.origins.get("job_name"), "job_name")
             compiled.broken_name = compiled.name is None
+        compiled.shared_fields = [(f, v) for f, v in compiled.fields.items()
+                                  if f not in compiled.broken_fields and not _per_job(v)]
         return compiled
 
     def _compile_value(self, compiled: _CompiledGroup, value: Any, path: YamlPath | None, field_: str) -> Any:
@@ -711,41 +714,40 @@ class Expander:
                 seeds = group.seeds.values or (derived_seed(base, group.name, variables),)
                 shared_input, name_template, name_prefix, failed = self._render_shared(
                     compiled, variables, len(seeds) > 1, skip, name_fine)
+                # a name template that failed for this combination leaves no name to render
                 name_fine = name_fine and (name_template is not None or compiled.name is None)
+                renders = [(f, v) for f, v in own_fields if f not in skip] if skip else own_fields
                 for seed in seeds:
                     job_vars = {**variables, "seed": seed}
                     own: dict[str, Any] = {}
                     bad = failed
-                    name_ok = name_fine
-                    name = ""
                     context = job_vars
-                    if own_fields or name_template is not None:
-                        if uses_job:
-                            context = {**job_vars, "job": _JobInfo(index, group.name)}
-                        for field_, value in own_fields:
-                            if field_ in skip:
-                                continue
-                            try:
-                                own[field_] = _render(value, context)
-                            except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
-                                self._report_render_error(compiled, field_, exc, job_vars)
-                                bad = (*bad, field_)
-                    if name_ok:
+                    if uses_job:
+                        context = {**job_vars, "job": _JobInfo(index, group.name)}
+                    for field_, value in renders:
                         try:
-                            name = (str(name_template.render(context)) if name_template is not None
-                                    else f"{name_prefix}s{seed}")
+                            own[field_] = _render(value, context)
+                        except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
+                            self._report_render_error(compiled, field_, exc, job_vars)
+                            bad = (*bad, field_)
+                    name: str | None
+                    if name_template is not None:
+                        try:
+                            name = str(name_template.render(context))
                         except Exception as exc:  # noqa: BLE001 - a user's template may raise anything
                             self._report_render_error(compiled, "job_name", exc, job_vars)
-                            name_ok = False
-                        if name_ok and not name.strip():
-                            self._report_render_error(compiled, "job_name", _EmptyName(
-                                "the job name is empty"), job_vars)
-                            name_ok = False
-                    if bad or not name_ok:
+                            name = None
+                    else:
+                        name = f"{name_prefix}s{seed}" if name_fine else None
+                    if name is not None and not name.strip():
+                        self._report_render_error(compiled, "job_name", _EmptyName(
+                            "the job name is empty"), job_vars)
+                        name = None
+                    if bad or name is None:
                         yield RenderedJob(
-                            index, group, name if name_ok else f"{_combo_label(group, combo)}-s{seed}",
+                            index, group, name or f"{_combo_label(group, combo)}-s{seed}",
                             job_vars, shared_input, own, seed, combo,
-                            Unrendered(frozenset(bad), not name_ok, self._partial(compiled, bad, context)),
+                            Unrendered(frozenset(bad), name is None, self._partial(compiled, bad, context)),
                         )
                         continue
                     yield RenderedJob(index, group, claim(name), job_vars,
@@ -782,9 +784,9 @@ class Expander:
                 name_template = None
         prefix = "" if compiled.name else _default_name_prefix(compiled.group, variables)
         shared: dict[str, Any] = {}
-        failed = tuple(skip)
-        for field_, value in compiled.fields.items():
-            if _per_job(value) or field_ in skip:
+        failed = tuple(skip) if skip else ()
+        for field_, value in compiled.shared_fields:
+            if skip and field_ in skip:
                 continue
             try:
                 shared[field_] = _render(value, variables)

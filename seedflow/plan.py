@@ -536,13 +536,10 @@ class Planner:
         if not self._check_size():
             # too many jobs to plan, but the first ones are still checked: their problems
             # are likely those of the whole sweep, and fixing both at once saves a round
-            for _ in self._plan(itertools.islice(rendered_jobs, self.max_jobs)):
-                pass
-            return
+            return _drain(self._plan(itertools.islice(rendered_jobs, self.max_jobs)))
         if self.only:
-            yield from self._select(self._plan(rendered_jobs))
-        else:
-            yield from self._plan(rendered_jobs)
+            return self._select(self._plan(rendered_jobs))
+        return self._plan(rendered_jobs)
 
     def _select(self, jobs: Iterable[Job]) -> Iterator[Job]:
         """The jobs an ``only`` selector names: by id, id prefix (6+ characters) or name.
@@ -800,6 +797,13 @@ class Planner:
 
 
 _MIN_ID_PREFIX = 6
+
+
+def _drain(jobs: Iterator[Job]) -> Iterator[Job]:
+    """Run ``jobs`` to the end for their problems, yielding none of them."""
+    for _ in jobs:
+        pass
+    yield from ()
 
 
 def _unmatched(selector: str, names: Sequence[str]) -> Problem:

@@ -553,3 +553,10 @@ def test_plan_locked_uses_the_recorded_set_values(tmp_path: Path) -> None:
         plan_locked(path, overrides=["count=3"])  # the command line wins
     with pytest.raises(LockMismatch, match="no lock file"):
         plan_locked(tmp_path / "other.yaml")
+
+
+def test_a_job_name_failing_in_its_per_combination_part_does_not_hide_the_input_problems() -> None:
+    text = BASE.replace('"2048:2048 (1:1)"', '"1:1"') + "job_name: '{{ 1 // (count - 3) }}-s{{ seed }}'\n"
+    problems = errors_of(text)
+    assert located(problems) == [(11, "input.image_size"), (14, "job_name")]
+    assert "(in 4 jobs)" in problems[0].message and "division" in problems[1].message
