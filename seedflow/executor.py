@@ -64,6 +64,8 @@ __all__ = [
 DEFAULT_CONCURRENCY = 16
 #: Errors after which no job of this run can be accepted: stop sending.
 STOP_ERRORS = (InsufficientBalance, AuthenticationError, ModelRejected)
+#: Rounds of submits for a job the service certainly did not accept (429, 503, refused).
+SUBMIT_ROUNDS = 4
 #: States that count as "done" for progress.
 DONE_STATES = frozenset({"completed", "partial", "reused"})
 #: States that are reported as failures in the summary.
@@ -698,7 +700,7 @@ class Executor:
         await self._commit(self.store.mark_submitting, index, durable=True)
         self._set(index, "submitting")
         try:
-            submission = await self.client.submit(job.model, job.input)
+            submission = await self._send(job)
         except asyncio.CancelledError:
             # aborted while the submit was on its way: it may have landed
             self._commit(
@@ -728,6 +730,24 @@ class Executor:
         self._set(index, "queued")
         self._emit("job_submitted", index, request_id=submission.request_id)
         await self._wait(index)
+
+    async def _send(self, job: JobRecord) -> Any:
+        """Submit a job, trying again later while the service certainly did not accept it.
+
+        The client already retried each round; what still escapes it as a retryable error
+        (429, 503, connection refused) was never accepted, so it is safe to send again rather
+        than fail a job that cost nothing. Lost answers arrive as SubmitOutcomeUnknown instead.
+        """
+        for round_ in range(1, SUBMIT_ROUNDS + 1):
+            try:
+                return await self.client.submit(job.model, job.input)
+            except SubmitOutcomeUnknown:
+                raise
+            except ApiError as error:
+                if not error.retryable or round_ == SUBMIT_ROUNDS or self.stop.submitting_stopped:
+                    raise
+                await asyncio.sleep(min(30.0, 2.0**round_))
+        raise AssertionError("unreachable")
 
     async def _wait(self, index: int) -> None:
         job = self._jobs[index]

@@ -152,6 +152,19 @@ def test_faults_429_5xx_drops_and_truncation(emulator: EmulatorHandle, tmp_path:
     assert emulator.stats.faults_fired  # the faults did fire
 
 
+def test_a_submit_refused_longer_than_the_client_retries_is_sent_again_not_failed(
+    emulator: EmulatorHandle, tmp_path: Path
+) -> None:
+    # more 429s in a row than one round of client retries: the job was never accepted,
+    # so the run sends it again later instead of failing it
+    emulator.config.faults.add("submit", "429-bare", next=7)
+    summary = run(write_pipeline(tmp_path, 2), emulator, tmp_path, concurrency=1)
+    manifest = manifest_of(summary.path)
+    assert summary.ok, summary.to_dict()
+    assert manifest["totals"]["by_state"] == {"completed": 2}
+    assert submits_per_job(emulator, manifest) == [1, 1]
+
+
 def test_a_failing_job_does_not_stop_the_others(emulator: EmulatorHandle, tmp_path: Path) -> None:
     emulator.config.faults.add("job", "fail", next=2)
     summary = run(write_pipeline(tmp_path, 6), emulator, tmp_path, concurrency=2)
