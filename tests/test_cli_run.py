@@ -192,3 +192,16 @@ def test_progress_live_renders_counts() -> None:
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())  # without terminal codes
     assert "2/6 done" in text and "1 running" in text and "ETA 20s" in text
     assert "[bold]" not in text
+
+
+def test_run_with_report_leaves_a_finished_report_of_every_job(tmp_path: Path) -> None:
+    result = invoke("run", str(SUNSET), "--offline", "--out", str(tmp_path), "--report")
+    assert result.exit_code == 0, result.output
+    (folder,) = (tmp_path / "sunset-study").iterdir()
+    page = folder / "report.html"
+    assert f"report: {page}" in result.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "location.reload()" not in html  # the run ended: the last write is the static page
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    for job in manifest["jobs"]:
+        assert job["name"] in html

@@ -54,7 +54,31 @@ def _progress_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         show_default=True, help="Jobs in flight at once.")(func)  # fmt: skip
     func = click.option("--max-rps", type=click.FloatRange(min=0.1), default=None, metavar="N",
                         help="Cap on API requests per second (default: the client's, 20).")(func)  # fmt: skip
+    func = click.option("--report", "live_report", is_flag=True,
+                        help="Keep report.html in the run folder current while the run goes on "
+                        "(open it in a browser: it fills in as images arrive).")(func)  # fmt: skip
     return func
+
+
+def _with_live_report(
+    on_event: Callable[[RunEvent], None], live_report: bool
+) -> tuple[Callable[[RunEvent], None], Any]:
+    """Chain a LiveReport after the progress callback when --report is given."""
+    if not live_report:
+        return on_event, None
+    from ..report import LiveReport
+
+    live = LiveReport(chain=on_event)
+    return live, live
+
+
+def _report_errors(live: Any) -> None:
+    if live is None:
+        return
+    if live.page is not None:
+        _echo(f"report: {live.page}")
+    for error in live.errors:
+        _echo(f"warning: the live report could not be written: {error}")
 
 
 def _display(
@@ -149,7 +173,8 @@ def _confirm_large(plan: Any, *, yes: bool, offline: bool) -> None:
 def run_command(
     pipeline: Path, out: str, sets: tuple[str, ...], max_images: int | None,
     max_cost: float | None, yes: bool, offline: bool, reuse: bool, concurrency: int,
-    max_rps: float | None, quiet: bool, json_lines: bool, base_url: str | None,
+    max_rps: float | None, live_report: bool, quiet: bool, json_lines: bool,
+    base_url: str | None,
 ) -> None:  # fmt: skip
     """Run a pipeline: plan it, send every job, download every image, write a manifest.
 
@@ -169,12 +194,14 @@ def run_command(
     check_limits(plan, max_images=max_images, max_cost=max_cost)
     _confirm_large(plan, yes=yes, offline=offline)
     progress, on_event = _display(quiet, json_lines, resolve_token())
+    on_event, live = _with_live_report(on_event, live_report)
     with progress:
         summary = run_pipeline(
             plan, out=out, concurrency=concurrency, base_url=base_url, offline=offline,
             reuse=reuse, on_event=on_event, handle_signals=True, max_requests_per_second=max_rps,
         )  # fmt: skip
     _report(summary, json_lines=json_lines)
+    _report_errors(live)
     sys.exit(summary.exit_code)
 
 
@@ -191,7 +218,8 @@ def run_command(
 @base_url_option
 def resume_command(
     run: str, out: str, retry_failed: bool, resend_unknown: bool, reuse: bool, concurrency: int,
-    max_rps: float | None, quiet: bool, json_lines: bool, base_url: str | None,
+    max_rps: float | None, live_report: bool, quiet: bool, json_lines: bool,
+    base_url: str | None,
 ) -> None:  # fmt: skip
     """Continue an interrupted run (a run folder or run id).
 
@@ -206,6 +234,7 @@ def resume_command(
     from ..client import resolve_token
 
     progress, on_event = _display(quiet, json_lines, resolve_token())
+    on_event, live = _with_live_report(on_event, live_report)
     with progress:
         summary = resume_run(
             run, root=out, retry_failed=retry_failed, resend_unknown=resend_unknown,
@@ -213,6 +242,7 @@ def resume_command(
             handle_signals=True, max_requests_per_second=max_rps,
         )  # fmt: skip
     _report(summary, json_lines=json_lines)
+    _report_errors(live)
     sys.exit(summary.exit_code)
 
 
