@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 
 from seedflow.cli import cli
 from seedflow.emulator import EmulatorHandle
-from seedflow.pipeline import SCHEMA_COMMENT, load_pipeline
+from seedflow.pipeline import SCHEMA_COMMENT, load_pipeline, pipeline_schema
 from seedflow.plan import plan_file
 
 ROOT = Path(__file__).parent.parent
@@ -39,7 +40,14 @@ def test_recipe_validates_and_plans(path: Path) -> None:
 
 @pytest.mark.parametrize("path", RECIPES, ids=IDS)
 def test_recipe_points_editors_at_the_schema(path: Path) -> None:
-    assert path.read_text(encoding="utf-8").splitlines()[0] == SCHEMA_COMMENT
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    if first == SCHEMA_COMMENT:
+        return
+    # or at the repository's copy of the schema, by a path relative to the recipe
+    prefix = "# yaml-language-server: $schema="
+    assert first.startswith(prefix), first
+    target = (path.parent / first[len(prefix):]).resolve()
+    assert json.loads(target.read_text(encoding="utf-8")) == pipeline_schema()
 
 
 def test_the_recipes_cover_the_format() -> None:
