@@ -613,8 +613,11 @@ class Planner:
             state.defaults_checked = True
         if errors:
             keys = self._report_schema_errors(state, rendered, body, errors)
+            count_key = self._count_beside(state, rendered, body, errors)
             if first:
                 combo.failed = [k for k, name in keys if name not in combo.own_keys]
+                if combo.failed and count_key is not None and combo.count_shared:
+                    combo.failed.append(count_key)  # counted for the other seeds too
             return None
         images = combo.images if combo.images is not None else _image_count(spec, body)
         if spec.count_must_match_prompt:
@@ -653,16 +656,31 @@ class Planner:
         errors = [e for e in state.checker.errors(body) if e.validator != "required"
                   and not (e.absolute_path and e.absolute_path[0] in missing)]
         keys = [k for k, _ in self._report_schema_errors(state, rendered, body, errors)] if errors else []
-        wrong = {str(e.absolute_path[0]) for e in errors if e.absolute_path}
-        prompt_field, count_field = spec.prompt_field or "", spec.count_field or ""
-        if spec.count_must_match_prompt and count_field not in missing and not wrong & {prompt_field, count_field}:
-            prompt = unrendered.partial.get(prompt_field) if prompt_field in missing else body.get(prompt_field)
-            if isinstance(prompt, str):
-                self._check_count(state, rendered, body, _image_count(spec, body), prompt=prompt,
-                                  complete=prompt_field not in missing)
-                if self._combo_count_key is not None:
-                    keys.append(self._combo_count_key)
+        prompt_field = spec.prompt_field or ""
+        if (spec.count_field or "") not in missing:
+            prompt = unrendered.partial.get(prompt_field) if prompt_field in missing else None
+            count_key = self._count_beside(state, rendered, body, errors, prompt=prompt,
+                                           complete=prompt_field not in missing)
+            if count_key is not None:
+                keys.append(count_key)
         self._incomplete = (rendered.shared, keys)
+
+    def _count_beside(
+        self, state: _GroupState, rendered: RenderedJob, body: Mapping[str, Any],
+        errors: Sequence[jsonschema.ValidationError], *, prompt: str | None = None, complete: bool = True,
+    ) -> tuple[Any, ...] | None:
+        """The count rule for a job with other problems, when neither side is wrong itself;
+        the key of the mismatch reported (None: none)."""
+        spec = state.spec
+        if not spec.count_must_match_prompt:
+            return None
+        sides = {spec.prompt_field or "", spec.count_field or ""}
+        if any(not e.absolute_path or str(e.absolute_path[0]) in sides for e in errors):
+            return None
+        if prompt is None and not complete:
+            return None  # nothing of the prompt rendered
+        self._check_count(state, rendered, body, _image_count(spec, body), prompt=prompt, complete=complete)
+        return self._combo_count_key
 
     # the count rule ------------------------------------------------------------------------
 

@@ -560,3 +560,12 @@ def test_a_job_name_failing_in_its_per_combination_part_does_not_hide_the_input_
     problems = errors_of(text)
     assert located(problems) == [(11, "input.image_size"), (14, "job_name")]
     assert "(in 4 jobs)" in problems[0].message and "division" in problems[1].message
+
+
+def test_a_value_the_model_refuses_does_not_hide_the_count_rule_of_the_same_jobs() -> None:
+    text = BASE.replace('"2048:2048 (1:1)"', '"1:1"').replace('"2560:1440 (16:9)"', '"16:9"').replace(
+        '"{{ count }}"\n', "4\n", 1)
+    problems = errors_of(text)  # every job has a bad size: the count rule is still checked
+    assert located(problems) == [(7, "input.sequential_image_generation_options"),
+                                 (11, "input.image_size"), (11, "input.image_size")]
+    assert problems[0].message.endswith("is 4 (in 8 jobs)")
