@@ -300,6 +300,15 @@ def test_images_are_deterministic_and_differ_by_seed_and_index() -> None:
     assert changed > len(base) // 2
 
 
+@pytest.mark.parametrize(("width", "height"), [(256, 144), (171, 256), (1, 1), (512, 288)])
+def test_images_are_valid_pngs_of_the_asked_size(width: int, height: int) -> None:
+    png = render_png("a red fox", 1, 0, width, height)
+    Image.open(io.BytesIO(png)).verify()  # every chunk's CRC checked
+    image = Image.open(io.BytesIO(png))
+    image.load()  # the compressed rows decode to exactly width x height pixels
+    assert (image.format, image.mode, image.size) == ("PNG", "RGB", (width, height))
+
+
 @pytest.mark.parametrize(
     ("size", "small", "full"),
     [("2048:2048 (1:1)", (256, 256), (2048, 2048)), ("2560:1440 (16:9)", (256, 144), (2560, 1440)),
