@@ -25,6 +25,7 @@ from .errors import PipelineError, Problem, UsageError
 
 __all__ = [
     "SCHEMA_COMMENT",
+    "installed_schema_comment",
     "Group",
     "Matrix",
     "Pipeline",
@@ -42,11 +43,19 @@ __all__ = [
 #: A position inside the YAML document: mapping keys and sequence indexes from the root.
 YamlPath = tuple[Any, ...]
 
-#: The comment that points editors (yaml-language-server) at the pipeline schema.
-SCHEMA_COMMENT = (
-    "# yaml-language-server: $schema=https://raw.githubusercontent.com/seedflow/seedflow/main/"
-    "seedflow/schemas/pipeline.schema.json"
-)
+#: The comment that points editors (yaml-language-server) at the pipeline schema, as the
+#: recipes in the repository's ``pipelines/`` write it (``schemas/`` stands beside it).
+SCHEMA_COMMENT = "# yaml-language-server: $schema=../schemas/pipeline.schema.json"
+
+
+def installed_schema_comment() -> str:
+    """The editor comment naming the installed seedflow's copy of the pipeline schema.
+
+    A new recipe may live in any repository, so it points at the schema that ships with the
+    seedflow that wrote it, which exists on this machine for certain.
+    """
+    schema = Path(str(resources.files("seedflow").joinpath("schemas", "pipeline.schema.json")))
+    return f"# yaml-language-server: $schema={schema.resolve().as_uri()}"
 
 _GROUP_FIELDS = ("description", "model", "vars", "input", "matrix", "seeds", "seed_base", "job_name")
 
@@ -659,5 +668,7 @@ def starter_pipeline(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name) or len(name) > 100:
         raise UsageError(f"invalid pipeline name {name!r}",
                          hint="use letters, digits, '.', '_' and '-' (it names the run folder)")
-    return _STARTER.format(comment=SCHEMA_COMMENT, name=name, file=f"pipelines/{name}.yaml")
+    return _STARTER.format(
+        comment=installed_schema_comment(), name=name, file=f"pipelines/{name}.yaml"
+    )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.parse
 from pathlib import Path
 from textwrap import dedent
 
@@ -11,6 +13,7 @@ import pytest
 from seedflow.errors import PipelineError, Problem, UsageError
 from seedflow.pipeline import (
     SCHEMA_COMMENT,
+    installed_schema_comment,
     load_pipeline,
     parse_pipeline,
     pipeline_schema,
@@ -292,7 +295,13 @@ def test_the_schema_is_valid_and_describes_every_recipe() -> None:
 
 def test_starter_pipeline_validates_and_plans() -> None:
     text = starter_pipeline("my-study")
-    assert text.startswith(SCHEMA_COMMENT)
+    first = text.splitlines()[0]
+    assert first == installed_schema_comment()
+    # the comment names a real file: the installed copy of the pipeline schema
+    uri = first.split("$schema=", 1)[1]
+    assert uri.startswith("file://")
+    schema_file = Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
+    assert json.loads(schema_file.read_text(encoding="utf-8")) == pipeline_schema()
     plan = plan_pipeline(parse_pipeline(text, "my-study.yaml"))
     assert plan.pipeline_name == "my-study" and len(plan.jobs) == 4
     assert not plan.warnings
