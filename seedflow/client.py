@@ -373,7 +373,10 @@ class Client:
         # Tests replace this to observe back-off without waiting.
         self._sleep: Callable[[float], Awaitable[None]] = anyio.sleep
         headers = {"User-Agent": f"seedflow/{_version()}", "Accept": "application/json"}
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=64)
+        # A small pool: httpcore scans every pooled connection on each request (twice), so 64
+        # idle connections cost more CPU than the request; 16 keep the service busy, and the
+        # rate limit (20/s by default) keeps fewer than that in flight against the real API.
+        limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
         self._api = httpx.AsyncClient(
             base_url=self.base_url,
             auth=_BearerAuth(token, httpx.URL(self.base_url)),
