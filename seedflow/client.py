@@ -49,6 +49,7 @@ from .http import (
     certainly_not_sent,
     check_base_url,
     excerpt,
+    install_asyncio_backend,
     map_transport_error,
     raise_for_answer,
     server_message,
@@ -394,6 +395,9 @@ class Client:
             limits=limits,
             follow_redirects=True,
         )
+        if transport is None:
+            for http in (self._api, self._files):
+                install_asyncio_backend(http)
 
     def __repr__(self) -> str:
         return f"<seedflow.Client base_url={self.base_url!r}>"

@@ -13,13 +13,20 @@ and URLs only through :func:`describe_url`, which drops query strings (they carr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import json
+import select
+import socket
+import ssl
+import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
 
 from .errors import (
@@ -44,6 +51,7 @@ __all__ = [
     "check_base_url",
     "describe_url",
     "excerpt",
+    "install_asyncio_backend",
     "is_loopback",
     "map_transport_error",
     "parse_retry_after",
@@ -304,3 +312,144 @@ def _has_request(exc: httpx.HTTPError) -> bool:
         return exc.request is not None
     except RuntimeError:  # raised by httpx when the error was created without a request
         return False
+
+
+# --- a lighter network layer for httpx on asyncio -------------------------------------------
+
+
+class _AsyncioStream(httpcore.AsyncNetworkStream):
+    """An httpcore stream on asyncio's own streams.
+
+    httpx's default goes through anyio, whose per-call cancel scopes, and whose way of answering
+    httpcore's "is this idle connection readable?" (asked of every pooled connection on every
+    request; anyio builds a dict of socket attributes, with a getpeername call, each time) cost
+    more CPU than the rest of a request on loopback. Errors are httpcore's, as httpx expects.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader, self._writer = reader, writer
+        self._socket: socket.socket | None = writer.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+                return await self._reader.read(max_bytes)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.ReadError(exc) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+                self._writer.write(buffer)
+                await self._writer.drain()
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.WriteError(exc) from exc
+
+    async def aclose(self) -> None:
+        # Not waiting for the close: a TLS peer that never answers the close would hold us.
+        self._writer.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+                await self._writer.start_tls(  # type: ignore[attr-defined]
+                    ssl_context, server_hostname=server_hostname
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:  # ssl.SSLError included
+            raise httpcore.ConnectError(exc) from exc
+        return self
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _readable(self._socket)
+        if info == "socket":
+            return self._socket
+        name = {"ssl_object": "ssl_object", "client_addr": "sockname", "server_addr": "peername"}
+        return self._writer.get_extra_info(name[info]) if info in name else None
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether data (or the peer's close) is waiting: an idle pooled connection that was hung up."""
+    if sock is None or sock.fileno() < 0:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """Connects plain TCP on asyncio; anything else (trio, a bound local address, socket
+    options, Unix sockets) is left to httpcore's own anyio backend."""
+
+    def __init__(self) -> None:
+        self._fallback = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        if local_address is not None or socket_options or not _on_asyncio():
+            return await self._fallback.connect_tcp(
+                host, port, timeout, local_address, socket_options
+            )
+        try:
+            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+                reader, writer = await asyncio.open_connection(host, port)
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(exc) from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(exc) from exc
+        return _AsyncioStream(reader, writer)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._fallback.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._fallback.sleep(seconds)
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # trio, say: anyio knows how to talk to it
+        return False
+    return True
+
+
+def install_asyncio_backend(client: httpx.AsyncClient) -> bool:
+    """Make ``client``'s direct connections use asyncio streams instead of anyio's.
+
+    Only a transport httpx built itself is changed, and only its plain connection pool
+    (proxies keep httpcore's defaults; under trio the anyio backend is used); True if one was. Needs Python 3.11
+    (``asyncio.timeout``, ``StreamWriter.start_tls``); on 3.10 nothing changes.
+    """
+    if sys.version_info < (3, 11):
+        return False
+    installed = False
+    with contextlib.suppress(AttributeError):  # another httpx: its defaults are right, if slower
+        transports = [client._transport, *client._mounts.values()]
+        for transport in transports:
+            pool = getattr(transport, "_pool", None)
+            if type(pool) is httpcore.AsyncConnectionPool and hasattr(pool, "_network_backend"):
+                pool._network_backend = _AsyncioBackend()
+                installed = True
+    return installed
