@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import jinja2
@@ -28,9 +28,6 @@ import jsonschema
 
 from .errors import RunError, UsageError
 from .models import load_bundled_schema
-
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
 
 __all__ = [
     "REPORT_NAME",
@@ -45,7 +42,6 @@ __all__ = [
     "default_axes",
     "find_run_dir",
     "load_manifest",
-    "load_pipeline_copy",
     "make_thumbnails",
     "render_html",
     "reproduce_command",
@@ -517,60 +513,25 @@ def _page(
 
 
 def reproduce_command(
-    manifest: Mapping[str, Any], job: Mapping[str, Any], pipeline: Pipeline | None = None
+    manifest: Mapping[str, Any], job: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
 ) -> str:
     """A one-line shell command that runs exactly this job again.
 
-    It pins every matrix axis of the job's group to the job's value and the seed, with
-    ``--set``, on the pipeline the run was planned from. With the parsed ``pipeline`` a zipped
-    axis is pinned by its own name; without it the manifest's axes are used. The path is the
-    original one when relative, else the run folder's copy ``pipeline.yaml`` (no path of this
-    machine leaks into a shared report).
+    ``seedflow run PIPELINE [--set KEY=VALUE ...] --only JOB_ID``: the pipeline the run was
+    planned from, the ``--set`` values it was planned with (``overrides``, as ``plan.json``
+    records them) and the job's id, which names one job of any pipeline, job groups included.
+    The path is the original one when relative, else the run folder's copy ``pipeline.yaml``
+    (no path of this machine leaks into a shared report).
     """
     info = manifest.get("pipeline") or {}
     path = info.get("path")
     if not isinstance(path, str) or _safe_relative(path) is None:
         path = "pipeline.yaml"
     parts = ["seedflow", "run", path]
-    for name, value in _pins(manifest, job, pipeline):
+    for name, value in (overrides or {}).items():
         parts += ["--set", f"{name}={_set_value(value)}"]
-    if job.get("seed") is not None:
-        parts += ["--set", f"seeds={job['seed']}"]
+    parts += ["--only", str(job.get("id", ""))]
     return " ".join(shlex.quote(p) for p in parts)
-
-
-def _pins(
-    manifest: Mapping[str, Any], job: Mapping[str, Any], pipeline: Pipeline | None
-) -> list[tuple[str, Any]]:
-    """(axis, value) pairs that select this job's point of the sweep."""
-    variables: Mapping[str, Any] = job.get("variables") or {}
-    group = None
-    if pipeline is not None:
-        group = next((g for g in pipeline.groups if g.name == job.get("group")), None)
-    if group is None:
-        names = [a for a in (manifest.get("axes") or {}) if a != SEED_AXIS and a in variables]
-        return [(name, variables[name]) for name in names]
-    pins: list[tuple[str, Any]] = []
-    for axis, values in group.matrix.axes.items():
-        value = next((v for v in values if _matches(v, axis, variables)), _MISSING)
-        if value is _MISSING:
-            # A value an `include` brought in: pinning the axis to it makes that entry extend
-            # the one pinned combination instead of adding a second job.
-            keys = list(dict.fromkeys(k for v in values if isinstance(v, dict) for k in v))
-            if keys and all(k in variables for k in keys):
-                value = {k: variables[k] for k in keys}
-            elif not keys and axis in variables:
-                value = variables[axis]
-        if value is not _MISSING:
-            pins.append((axis, value))
-    return pins
-
-
-def _matches(value: Any, axis: str, variables: Mapping[str, Any]) -> bool:
-    if isinstance(value, dict):  # a zipped axis: each of its keys is a variable
-        return all(k in variables and value_key(variables[k]) == value_key(v)
-                   for k, v in value.items())
-    return axis in variables and value_key(variables[axis]) == value_key(value)
 
 
 def _set_value(value: Any) -> str:
@@ -588,18 +549,6 @@ def _yaml_reads_as(text: str, expected: Any) -> bool:
         return bool(yaml.safe_load(text) == expected) if text.strip() else False
     except yaml.YAMLError:
         return False
-
-
-def load_pipeline_copy(run_dir: Path) -> Pipeline | None:
-    """The run folder's ``pipeline.yaml`` parsed, or None when absent or unreadable."""
-    from .errors import SeedflowError
-    from .pipeline import parse_pipeline
-
-    try:
-        text = (Path(run_dir) / "pipeline.yaml").read_text(encoding="utf-8")
-        return parse_pipeline(text, "pipeline.yaml")
-    except (OSError, UnicodeDecodeError, SeedflowError):
-        return None
 
 
 # --------------------------------------------------------------------------- run folder I/O
@@ -657,20 +606,29 @@ def find_run_dir(run: str | os.PathLike[str], out: str | os.PathLike[str] = "run
         raise
 
 
-def _read_plan(run_dir: Path) -> tuple[list[Mapping[str, Any]], list[str]]:
-    """Jobs and axis names (in pipeline order) of ``plan.json``, when present: a job the
-    manifest misses still shows, and axes keep the order the pipeline wrote them in."""
+@dataclass(frozen=True)
+class _PlanFacts:
+    """What a report takes from ``plan.json``: its jobs (a job the manifest misses still
+    shows), its axis names in pipeline order, and the ``--set`` values it was planned with."""
+
+    jobs: list[Mapping[str, Any]] = field(default_factory=list)
+    axes: list[str] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_plan(run_dir: Path) -> _PlanFacts:
+    """The facts of the run folder's ``plan.json``; none when it is absent or unreadable."""
     try:
         data = json.loads((run_dir / "plan.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return [], []
+        return _PlanFacts()
     if not isinstance(data, dict):
-        return [], []
-    jobs = data.get("jobs")
-    axes = data.get("axes")
-    return (
-        [j for j in jobs if isinstance(j, dict) and "id" in j] if isinstance(jobs, list) else [],
-        list(axes) if isinstance(axes, dict) else [],
+        return _PlanFacts()
+    jobs, axes, overrides = data.get("jobs"), data.get("axes"), data.get("overrides")
+    return _PlanFacts(
+        jobs=[j for j in jobs if isinstance(j, dict) and "id" in j] if isinstance(jobs, list) else [],
+        axes=list(axes) if isinstance(axes, dict) else [],
+        overrides=dict(overrides) if isinstance(overrides, dict) else {},
     )
 
 
@@ -886,7 +844,10 @@ def _summary(manifest: Mapping[str, Any], now: datetime | None) -> dict[str, Any
 
 
 def _detail(
-    manifest: Mapping[str, Any], entry: Entry, prompt_field: str | None, pipeline: Pipeline | None
+    manifest: Mapping[str, Any],
+    entry: Entry,
+    prompt_field: str | None,
+    overrides: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """What the detail view shows for one job (embedded as JSON in the page)."""
     job = entry.job
@@ -909,8 +870,8 @@ def _detail(
         "completed_at": job.get("completed_at"),
         "reused_from": job.get("reused_from"),
         "input": inputs,
-        "command": reproduce_command(manifest, job, pipeline),
-        "command_note": _command_note(manifest, pipeline),
+        "command": reproduce_command(manifest, job, overrides),
+        "command_note": _command_note(manifest),
         "tiles": [
             {"index": t.index, "path": _href(t.path) if t.path else None, "status": t.status,
              "sha256": t.sha256, "bytes": t.bytes, "width": t.width, "height": t.height}
@@ -919,17 +880,11 @@ def _detail(
     }
 
 
-def _command_note(manifest: Mapping[str, Any], pipeline: Pipeline | None) -> str:
+def _command_note(manifest: Mapping[str, Any]) -> str:
     path = (manifest.get("pipeline") or {}).get("path")
     if isinstance(path, str) and _safe_relative(path) is not None:
-        note = "from the folder the run was started in"
-    else:
-        note = "from this run folder: pipeline.yaml is its copy of the pipeline"
-    groups = {j.get("group") for j in manifest.get("jobs") or []}
-    if (pipeline is not None and len(pipeline.groups) > 1) or len(groups) > 1:
-        # --set reaches every group that has the key: it cannot leave the others out.
-        note += "; it also plans the jobs of the pipeline's other job groups"
-    return note
+        return "from the folder the run was started in"
+    return "from this run folder: pipeline.yaml is its copy of the pipeline"
 
 
 def _script_json(data: Any) -> str:
@@ -945,14 +900,15 @@ def render_html(
     live: bool | None = None,
     now: datetime | None = None,
     refresh_seconds: int = 5,
-    pipeline: Pipeline | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> str:
     """The report page as text. ``live`` (default: the run has not ended) makes it reload;
-    ``pipeline`` (the parsed copy) makes the reproduce commands pin zipped axes exactly."""
+    ``overrides`` (the ``--set`` values the run was planned with) go into the reproduce
+    commands."""
     if live is None:
         live = manifest.get("ended_at") is None and manifest.get("status") == "running"
     prompt_field = _prompt_field(str(manifest.get("model", "")))
-    details = {e.id: _detail(manifest, e, prompt_field, pipeline) for e in grid.entries()}
+    details = {e.id: _detail(manifest, e, prompt_field, overrides) for e in grid.entries()}
     max_tiles = max((len(e.tiles) for e in grid.entries()), default=1) or 1
     return _template().render(
         summary=_summary(manifest, now or datetime.now(timezone.utc)),
@@ -984,18 +940,18 @@ def write_report(
     """
     folder = Path(run_dir)
     data = dict(manifest) if manifest is not None else load_manifest(folder)
-    plan_jobs, axis_order = _read_plan(folder)
-    data["axes"] = _in_order(data.get("axes") or {}, axis_order)
+    plan = _read_plan(folder)
+    data["axes"] = _in_order(data.get("axes") or {}, plan.axes)
     grid = build_grid(
         data,
         x=x,
         y=y,
         exists=lambda rel: (folder / rel).is_file(),
-        plan_jobs=plan_jobs,
+        plan_jobs=plan.jobs,
     )
     grid = make_thumbnails(folder, grid)
     page = folder / REPORT_NAME
-    html = render_html(data, grid, live=live, pipeline=load_pipeline_copy(folder))
+    html = render_html(data, grid, live=live, overrides=plan.overrides)
     _atomic_write(page, html.encode("utf-8"))
     if sheet is not None:
         write_sheet(folder, grid, Path(sheet), title=_sheet_title(data))

@@ -205,3 +205,34 @@ def test_run_with_report_leaves_a_finished_report_of_every_job(tmp_path: Path) -
     manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     for job in manifest["jobs"]:
         assert job["name"] in html
+
+
+def test_only_runs_exactly_the_selected_jobs_with_their_ids_in_the_whole_plan(
+    tmp_path: Path,
+) -> None:
+    from seedflow.plan import plan_file
+
+    full = plan_file(SUNSET, overrides={"place": "quiet lake"})
+    by_name = {job.name: job for job in full.jobs}
+    picked = [full.jobs[5], full.jobs[2]]  # one by name, one by id prefix
+    selectors = ("--only", picked[0].name, "--only", picked[1].id[:8])
+    result = invoke("run", str(SUNSET), "--set", "place=quiet lake", *selectors, "--offline",
+                    "-q", "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0, result.output + result.stderr
+    manifest = valid_manifest(only_run(tmp_path))
+    ran = {job["name"]: job for job in manifest["jobs"]}
+    assert sorted(ran) == sorted(job.name for job in picked)
+    for name, job in ran.items():
+        assert job["id"] == by_name[name].id and job["input"] == by_name[name].input
+        assert job["state"] == "completed" and len(job["outputs"]) == by_name[name].images
+    assert manifest["totals"]["jobs"] == 2
+
+
+def test_only_with_no_match_is_a_clear_error_and_sends_nothing(tmp_path: Path) -> None:
+    result = invoke("run", str(SUNSET), "--only", "stormy-2560-1440-16-9-s10", "--offline",
+                    "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code != 0
+    assert "--only 'stormy-2560-1440-16-9-s10' selects no job" in result.stderr
+    assert "stormy-2560-1440-16-9-s100" in result.stderr  # a close name
+    assert "Traceback" not in result.output + result.stderr
+    assert not list(tmp_path.glob("*/*/journal.sqlite"))

@@ -288,34 +288,33 @@ def test_detail_data_has_prompt_variables_seed_request_id_sha256_and_command(
     assert shown["variables"] == {k: str(v) for k, v in job["variables"].items()}
     assert shown["seed"] == job["seed"] and shown["request_id"] == job["request_id"]
     assert [t["sha256"] for t in shown["tiles"]] == [o["sha256"] for o in job["outputs"]]
-    assert shown["command"] == (
-        "seedflow run pipelines/study.yaml --set style=oil --set subject=fox "
-        "--set seeds=1"
-    )
+    # no plan.json in this run folder, so no --set values to repeat
+    assert shown["command"] == f"seedflow run pipelines/study.yaml --only {job['id']}"
     assert data[manifest["jobs"][FAILED]["id"]]["reason"].startswith("the service reported")
 
 
-def test_reproduce_command_pins_zipped_axes_and_never_leaks_an_absolute_path(
-    tmp_path: Path,
-) -> None:
-    from seedflow.pipeline import parse_pipeline
+def test_reproduce_command_repeats_the_set_values_quoted_and_never_leaks_an_absolute_path() -> None:
+    import shlex
 
-    pipeline = parse_pipeline(
-        "version: 1\nname: zipped\nmodel: bytedance/seedream-4-0/sequential\n"
-        "input:\n  text: 'A series of 2 images: {{ style }} {{ palette }} {{ n }}'\n"
-        "matrix:\n  look:\n    - {style: oil, palette: warm}\n    - {style: ink, palette: 'cold: blue'}\n"
-        "  n: [1, 2]\n",
-        "pipeline.yaml",
-    )
-    manifest = {"pipeline": {"path": "/home/someone/secret/zipped.yaml"},
-                "axes": {"style": ["oil", "ink"], "palette": ["warm", "cold: blue"], "n": [1, 2]}}
-    job = {"group": None, "seed": 7, "variables": {"style": "ink", "palette": "cold: blue", "n": 2}}
-    command = reproduce_command(manifest, job, pipeline)
+    from seedflow.expand import parse_overrides
+
+    manifest = {"pipeline": {"path": "/home/someone/secret/zipped.yaml"}}
+    job = {"id": "ab12cd34ef56", "group": "hero"}
+    overrides = {"product": "it's a mug; $(rm -rf ~) & more", "size": ["a", "b: c"], "n": 2,
+                 "ratio": "16:9", "flag": "true", "empty": ""}
+    command = reproduce_command(manifest, job, overrides)
     assert command == (
-        "seedflow run pipeline.yaml --set 'look={\"palette\": \"cold: blue\", \"style\": \"ink\"}' "
-        "--set n=2 --set seeds=7"
+        "seedflow run pipeline.yaml --set 'product=it'\"'\"'s a mug; $(rm -rf ~) & more' "
+        "--set 'size=[\"a\", \"b: c\"]' --set n=2 --set 'ratio=\"16:9\"' "
+        "--set 'flag=\"true\"' --set 'empty=\"\"' --only ab12cd34ef56"
     )
-    assert "/home" not in reproduce_command(manifest, job)
+    argv = shlex.split(command)
+    sets = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
+    parsed, problems = parse_overrides(sets)
+    assert problems == [] and parsed == overrides  # the shell and --set read back every value
+    assert "/home" not in command
+    relative = {"pipeline": {"path": "pipelines/x y.yaml"}}
+    assert reproduce_command(relative, job) == "seedflow run 'pipelines/x y.yaml' --only ab12cd34ef56"
 
 
 def test_script_data_cannot_break_out_of_the_page(run_dir: Path) -> None:
@@ -460,19 +459,71 @@ def test_report_of_a_real_run_has_every_job_and_links_only_files_of_the_run(
     assert str(real_run.parent.parent) not in html  # no path of this machine
 
 
-def test_every_reproduce_command_plans_exactly_its_job(real_run: Path) -> None:
+PRODUCTS = SUNSET.parent / "product-shots.yaml"
+# --set values a shell and YAML could both misread; count reaches both job groups
+PRODUCT_SETS = ("product=a red mug; it's \"glossy\" & $HOME", "count=2")
+
+
+@pytest.fixture(scope="module")
+def set_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real offline run of a pipeline with `jobs:` groups, planned with --set values."""
+    root = tmp_path_factory.mktemp("sets")
+    pipeline = root / "product-shots.yaml"
+    pipeline.write_text(PRODUCTS.read_text(encoding="utf-8"), encoding="utf-8")
+    sets = [word for item in PRODUCT_SETS for word in ("--set", item)]
+    result = CliRunner().invoke(
+        cli, ["run", str(pipeline), *sets, "--offline", "--quiet", "--out", str(root / "runs")]
+    )
+    assert result.exit_code == 0, result.output
+    (folder,) = [p.parent for p in (root / "runs").glob("*/*/manifest.json")]
+    write_report(folder)
+    return folder
+
+
+def _command_words(run_dir: Path, job_id: str) -> list[str]:
     import shlex
 
+    return shlex.split(details(parse(run_dir / "report.html"))[job_id]["command"])
+
+
+@pytest.mark.parametrize("run", ["real_run", "set_run"])
+def test_every_reproduce_command_plans_exactly_its_job(
+    run: str, request: pytest.FixtureRequest
+) -> None:
     from seedflow.plan import plan_file
 
-    data = details(parse(real_run / "report.html"))
-    manifest = load_manifest(real_run)
+    run_dir: Path = request.getfixturevalue(run)
+    manifest = load_manifest(run_dir)
+    assert len(manifest["jobs"]) > 1
+    if run == "set_run":
+        assert len({j["group"] for j in manifest["jobs"]}) == 2
     for job in manifest["jobs"]:
-        argv = shlex.split(data[job["id"]]["command"])
+        argv = _command_words(run_dir, job["id"])
         assert argv[:3] == ["seedflow", "run", "pipeline.yaml"]  # the original path is absolute
-        overrides = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
-        plan = plan_file(real_run / "pipeline.yaml", overrides=overrides)
-        assert [j.id for j in plan.jobs] == [job["id"]], (job["name"], overrides)
+        sets = [argv[i + 1] for i, word in enumerate(argv) if word == "--set"]
+        assert sets == ([] if run == "real_run" else list(PRODUCT_SETS))
+        assert argv[-2:] == ["--only", job["id"]] and argv.count("--only") == 1
+        plan = plan_file(run_dir / "pipeline.yaml", overrides=sets, only=[job["id"]])
+        assert [(j.id, j.input) for j in plan.jobs] == [(job["id"], job["input"])], job["name"]
+
+
+def test_a_reproduce_command_run_offline_makes_the_same_job_again(
+    set_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = load_manifest(set_run)["jobs"][-1]  # a job of the second group, derived seed
+    argv = _command_words(set_run, original["id"])
+    assert argv[:2] == ["seedflow", "run"]
+    monkeypatch.chdir(set_run)  # where the page says to run it: pipeline.yaml is the copy
+    result = CliRunner().invoke(
+        cli, [*argv[1:], "--offline", "--quiet", "--out", str(tmp_path / "again")]
+    )
+    assert result.exit_code == 0, result.output
+    (folder,) = [p.parent for p in (tmp_path / "again").glob("*/*/manifest.json")]
+    (job,) = load_manifest(folder)["jobs"]
+    assert (job["id"], job["name"], job["input"], job["seed"]) == (
+        original["id"], original["name"], original["input"], original["seed"]
+    )
+    assert job["state"] == "completed" and len(job["outputs"]) == 2
 
 
 def test_thumbnails_are_turned_upright_from_exif(tmp_path: Path) -> None:

@@ -159,6 +159,9 @@ def _confirm_large(plan: Any, *, yes: bool, offline: bool) -> None:
               help=_OUT_HELP)  # fmt: skip
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override a pipeline variable (repeatable).")  # fmt: skip
+@click.option("--only", "only", multiple=True, metavar="SELECTOR",
+              help="Run only the jobs with this id, id prefix (6+ characters) or name "
+              "(repeatable); they keep the ids they have in the whole plan.")  # fmt: skip
 @click.option("--max-images", type=click.IntRange(min=0), default=None,
               help="Refuse to start if the plan asks for more images.")  # fmt: skip
 @click.option("--max-cost", type=click.FloatRange(min=0), default=None,
@@ -171,7 +174,7 @@ def _confirm_large(plan: Any, *, yes: bool, offline: bool) -> None:
 @_progress_options
 @base_url_option
 def run_command(
-    pipeline: Path, out: str, sets: tuple[str, ...], max_images: int | None,
+    pipeline: Path, out: str, sets: tuple[str, ...], only: tuple[str, ...], max_images: int | None,
     max_cost: float | None, yes: bool, offline: bool, reuse: bool, concurrency: int,
     max_rps: float | None, live_report: bool, quiet: bool, json_lines: bool,
     base_url: str | None,
@@ -182,13 +185,14 @@ def run_command(
     Examples:
       seedflow run pipelines/sunset-study.yaml --offline
       seedflow run pipelines/sunset-study.yaml --set place=forest --max-cost 2
+      seedflow run pipelines/sunset-study.yaml --only stormy-2560-1440-16-9-s1 --offline
     """
     from ..client import resolve_token
     from ..plan import plan_file
 
     if offline and base_url:
         raise UsageError("--offline and --base-url cannot be used together")
-    plan = plan_file(pipeline, overrides=_parse_sets(sets))
+    plan = plan_file(pipeline, overrides=_parse_sets(sets), only=list(only) or None)
     for warning in plan.warnings:
         _echo(warning.format())
     check_limits(plan, max_images=max_images, max_cost=max_cost)
