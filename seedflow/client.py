@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -88,6 +89,10 @@ _TOKEN_HINT = (
     "create a token in your RunComfy profile, then: export RUNCOMFY_API_TOKEN=<token> "
     "(or use --offline to run against the local emulator)"
 )
+
+
+#: What a bearer token may contain (RFC 6750 b64token, loosened to any visible ASCII).
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 def resolve_token(env: Mapping[str, str] = os.environ) -> str | None:
@@ -355,6 +360,13 @@ class Client:
         token = (token or "").strip() or resolve_token()
         if not token:
             raise AuthenticationError("no RunComfy API token is set", hint=_TOKEN_HINT)
+        if not _TOKEN_CHARS.fullmatch(token):
+            # never echo it: a pasted token with a line break is still a secret
+            raise AuthenticationError(
+                "the RunComfy API token contains a space, line break or other character a "
+                "token cannot have",
+                hint="set RUNCOMFY_API_TOKEN again from your RunComfy profile, on one line",
+            )
         self.base_url = resolve_base_url(base_url)
         self.retry = retry or RetryPolicy()
         self.poll = poll or PollPolicy()

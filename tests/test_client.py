@@ -862,3 +862,12 @@ async def test_download_refuses_urls_that_are_not_http(tmp_path: Path, url: str)
             await client.download(url, tmp_path / "0.png")
     assert "s3cr3t" not in str(info.value)
     assert rec.requests == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("token", ["abc\r\nX-Injected: 1", "two words", "tab\there", "nul\x00"])
+def test_a_malformed_token_is_refused_without_being_echoed(token: str) -> None:
+    with pytest.raises(AuthenticationError) as info:
+        Client(token, base_url="http://127.0.0.1:9")
+    message = info.value.format_message()
+    assert "RUNCOMFY_API_TOKEN" in message
+    assert token.split()[0] not in message
