@@ -269,7 +269,7 @@ class LearnedPoll:
     """
 
     def __init__(
-        self, base: Any, *, share: float = 0.5, min_samples: int = 16, window: int = 256
+        self, base: Any, *, share: float = 0.75, min_samples: int = 16, window: int = 256
     ) -> None:
         self.base = base
         self.share = share
@@ -322,6 +322,8 @@ class LearnedPoll:
         """Seconds from ``age`` to the next poll of a job still running at that age."""
         ordered = self._sorted
         done = bisect.bisect_right(ordered, age) / len(ordered)
+        if done >= 1.0:  # older than every job seen so far: no data, the client's interval
+            return float(self.base.running_interval)
         target = self._quantile(done + self.share * (1.0 - done))
         earliest = self._quantile(0.05)
         latest = max(earliest, age + float(self.base.running_interval))

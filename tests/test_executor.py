@@ -400,6 +400,45 @@ def test_learned_poll_waits_for_likely_completion(monkeypatch: pytest.MonkeyPatc
     assert poll.unknown_status_timeout == base.unknown_status_timeout
 
 
+def test_learned_poll_default_asks_fewer_than_a_poll_every_half_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Jobs of 0.2-1.0 s: fewer status requests per job than polling every 0.5 s (1.625)."""
+    from types import SimpleNamespace
+
+    import seedflow.executor as executor_module
+    from seedflow.executor import LearnedPoll
+
+    clock = [0.0]
+    monkeypatch.setattr(executor_module.time, "monotonic", lambda: clock[0])
+    poll = LearnedPoll(PollPolicy(first_delay=0.25, running_interval=1.0))
+    durations = [0.2 + 0.8 * (n + 0.5) / 200 for n in range(200)]
+    for n, duration in enumerate(durations):  # learn: each seen finishing when it did
+        clock[0] = 0.0
+        poll.track(f"j{n}")
+        clock[0] = duration  # polled just as it finished
+        poll.next_delay(SimpleNamespace(request_id=f"j{n}", state="in_progress"), 0)
+        poll.finished(f"j{n}")
+    polls, delays = [], []
+    for n, duration in enumerate(durations):
+        clock[0] = 0.0
+        poll.track(f"r{n}")
+        age, count = poll.first_delay, 1
+        while age < duration:  # still running at this poll: ask again later
+            clock[0] = age
+            age += poll.next_delay(SimpleNamespace(request_id=f"r{n}", state="in_progress"), 0)
+            count += 1
+        polls.append(count)
+        delays.append(age - duration)
+    assert sum(polls) / len(polls) < 1.5
+    assert sum(delays) / len(delays) < 0.3  # and completions are still noticed promptly
+    # a job outliving every one seen is polled at the client's running interval, not in a loop
+    clock[0] = 0.0
+    poll.track("late")
+    clock[0] = 5.0
+    assert poll.next_delay(SimpleNamespace(request_id="late", state="in_progress"), 3) == 1.0
+
+
 def test_refused_token_stops_the_run_before_more_is_sent(
     emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
