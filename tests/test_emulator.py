@@ -588,3 +588,18 @@ def test_small_images_keep_the_aspect_ratio(width: int, height: int) -> None:
     scale = 256 / max(width, height)
     assert abs(w - max(1.0, width * scale)) <= 0.5 and abs(h - max(1.0, height * scale)) <= 0.5
     assert image_dimensions(f"{width}:{height} (x)", full_size=True) == (width, height)
+
+
+def test_request_ids_differ_between_emulators_with_the_same_seed() -> None:
+    from seedflow.emulator import EmulatorConfig, serve
+
+    body = {"text": "Generate 1 image of a fox", "sequential_image_generation_options": 1}
+    ids = []
+    for _ in range(2):
+        with serve(EmulatorConfig(seed=0)) as emu:
+            answer = httpx.post(
+                f"{emu.base_url}/v1/models/bytedance/seedream-4-0/sequential",
+                json=body, headers={"Authorization": "Bearer t"},
+            )
+            ids.append(answer.json()["request_id"])
+    assert ids[0] != ids[1]

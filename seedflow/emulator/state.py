@@ -114,7 +114,9 @@ class Scheduler:
         self._positions: dict[str, int] | None = None  # rebuilt lazily when the queue changes
 
     def new_request_id(self) -> str:
-        return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        # Random, never seeded: two emulators (say, before and after a crash) must never hand
+        # out the same id, or a resumed run would poll another job's request.
+        return str(uuid.uuid4())
 
     def add(self, record: RequestRecord) -> None:
         """Queue an accepted request; its eligibility timer starts now."""
