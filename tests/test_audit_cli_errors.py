@@ -94,9 +94,6 @@ def test_empty_journal_is_a_message(tmp_path: Path, command: str) -> None:
     assert_user_error(invoke(command, str(copy), *extra, token="audit-token"))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="emulator --port is not range-checked: socket.bind raises OverflowError"
-)
 @pytest.mark.parametrize("port", ["99999", "-1"])
 def test_emulator_port_out_of_range_is_a_message(port: str) -> None:
     assert_user_error(invoke("emulator", "--port", port))

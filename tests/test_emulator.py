@@ -603,3 +603,50 @@ def test_request_ids_differ_between_emulators_with_the_same_seed() -> None:
             )
             ids.append(answer.json()["request_id"])
     assert ids[0] != ids[1]
+
+
+def _banner(monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[str, str]:
+    """The emulator command's startup output (stdout, stderr), without serving anything."""
+    from seedflow.cli import emulator_cmd
+
+    def fake_run(_config: object, *, host: str, port: int, on_start: Callable[[str], None]) -> None:
+        on_start(f"http://{host}:{port or 40123}")
+
+    monkeypatch.setattr(emulator_cmd, "run", fake_run)
+    outcome = CliRunner().invoke(cli, ["emulator", *args], env={"SEEDFLOW_EMULATOR_TOKEN": None})
+    assert outcome.exit_code == 0, outcome.output
+    return outcome.stdout, outcome.stderr
+
+
+def test_cli_banner_with_a_token_shows_a_placeholder_that_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out, err = _banner(monkeypatch, "--token", "s3cret-value")
+    assert "Bearer test" not in out  # it would be refused
+    assert 'Bearer $TOKEN"' in out and "set TOKEN" in out
+    assert "s3cret-value" not in out + err
+    assert err == ""  # loopback: no warning
+
+
+def test_cli_banner_without_a_token_says_any_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    out, err = _banner(monkeypatch)
+    assert "any bearer token" in out and "Bearer test" in out and err == ""
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.5", "::"])
+def test_cli_warns_when_listening_beyond_loopback(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    _, err = _banner(monkeypatch, "--host", host)
+    assert "reachable from the network" in err and "ANY bearer token" in err
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_cli_does_not_warn_on_loopback(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    assert _banner(monkeypatch, "--host", host)[1] == ""
+
+
+@pytest.mark.parametrize("port", ["65536", "-1"])
+def test_cli_port_out_of_range_is_a_usage_error(port: str) -> None:
+    outcome = CliRunner().invoke(cli, ["emulator", "--port", port])
+    assert outcome.exit_code == 2 and "0<=x<=65535" in outcome.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 
 import click
@@ -29,7 +30,13 @@ def _fault_help() -> str:
 
 @click.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port (0 = any free port).")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0 = any free port).",
+)
 @click.option(
     "--queue-time",
     default="0.5",
@@ -117,18 +124,7 @@ def emulator_command(
     )
 
     def announce(base_url: str) -> None:
-        click.echo(f"seedflow emulator listening on {base_url} (Ctrl+C to stop)")
-        click.echo("token: " + ("the one given with --token" if token else "any bearer token"))
-        click.echo("try:")
-        click.echo(
-            f"  curl -X POST {base_url}/v1/models/{_MODEL} \\\n"
-            '    -H "Authorization: Bearer test" -H "Content-Type: application/json" \\\n'
-            """    -d '{"text": "Generate 3 images of a beautiful sunset over a calm ocean."}'"""
-        )
-        click.echo(
-            f"  curl {base_url}/v1/requests/REQUEST_ID/status -H 'Authorization: Bearer test'"
-        )
-        sys.stdout.flush()  # whoever reads a pipe learns the address now, not at exit
+        _announce(base_url, host=host, token=token)
 
     try:
         run(config, host=host, port=port, on_start=announce)
@@ -139,6 +135,48 @@ def emulator_command(
         ) from None
     except KeyboardInterrupt:
         pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only (so nobody else can reach the emulator)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _announce(base_url: str, *, host: str, token: str | None) -> None:
+    """Print where the emulator listens and curl lines that work as printed (given the token)."""
+    click.echo(f"seedflow emulator listening on {base_url} (Ctrl+C to stop)")
+    if token:
+        # The placeholder, not the value: the banner may land in a shared log or a screenshot.
+        bearer = "$TOKEN"
+        click.echo(
+            "token: only the one given with --token (or SEEDFLOW_EMULATOR_TOKEN) is accepted;"
+            " set TOKEN to it before running these lines"
+        )
+    else:
+        bearer = "test"
+        click.echo("token: any bearer token is accepted")
+    click.echo("try:")
+    click.echo(
+        f"  curl -X POST {base_url}/v1/models/{_MODEL} \\\n"
+        f'    -H "Authorization: Bearer {bearer}" -H "Content-Type: application/json" \\\n'
+        """    -d '{"text": "Generate 3 images of a beautiful sunset over a calm ocean."}'"""
+    )
+    click.echo(
+        f'  curl {base_url}/v1/requests/REQUEST_ID/status -H "Authorization: Bearer {bearer}"'
+    )
+    if not is_loopback(host):
+        guard = "only the --token" if token else "ANY bearer token"
+        click.echo(
+            f"warning: listening on {host}, not loopback: the emulator is reachable from the network"
+            f" and accepts {guard}. Use --host 127.0.0.1 unless other machines must reach it.",
+            err=True,
+        )
+    sys.stdout.flush()  # whoever reads a pipe learns the address now, not at exit
 
 
 commands: list[click.Command] = [emulator_command]
