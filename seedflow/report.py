@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shlex
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -640,13 +640,16 @@ def _in_order(axes: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     # A browser reloading mid-write must see the old page or the new one, never half of one.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Not mkstemp: its files are 0600, and a report is meant to be shared like the images
+    # beside it (0666 less the umask, as any other file written).
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -949,10 +952,16 @@ def write_report(
         exists=lambda rel: (folder / rel).is_file(),
         plan_jobs=plan.jobs,
     )
-    grid = make_thumbnails(folder, grid)
     page = folder / REPORT_NAME
-    html = render_html(data, grid, live=live, overrides=plan.overrides)
-    _atomic_write(page, html.encode("utf-8"))
+    try:
+        grid = make_thumbnails(folder, grid)
+        html = render_html(data, grid, live=live, overrides=plan.overrides)
+        _atomic_write(page, html.encode("utf-8"))
+    except OSError as exc:
+        raise RunError(
+            f"cannot write the report into {folder}: {_os_reason(exc)}",
+            hint="check that the run folder is writable and the disk is not full",
+        ) from None
     if sheet is not None:
         write_sheet(folder, grid, Path(sheet), title=_sheet_title(data))
     return page
@@ -1004,10 +1013,22 @@ def write_sheet(
     for block in blocks:
         sheet.paste(block, (pad, top))
         top += block.height + pad
-    out.parent.mkdir(parents=True, exist_ok=True)
     buffer = _png_bytes(sheet)
-    _atomic_write(out, buffer)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out, buffer)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write the contact sheet {out}: {_os_reason(exc)}",
+            hint="give --sheet a path in a folder you can write (missing folders are made)",
+        ) from None
     return out
+
+
+def _os_reason(exc: OSError) -> str:
+    """Why an OS call failed, naming the file it failed on (not a Python traceback)."""
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({exc.filename})" if exc.filename else reason
 
 
 def _png_bytes(image: Any) -> bytes:

@@ -62,11 +62,6 @@ def test_init_into_a_path_under_a_file_is_a_message(tmp_path: Path) -> None:
     assert_user_error(invoke("init", "demo", "--dir", str(tmp_path / "afile" / "sub")))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="report --sheet where the folder cannot be made (or written) raises "
-    "OSError from the atomic write",
-)
 def test_report_sheet_into_missing_folder_is_a_message(tmp_path: Path) -> None:
     ran = invoke("run", str(SUNSET), "--offline", "-q", "--out", str(tmp_path / "runs"))
     assert ran.exit_code == 0, ran.output

@@ -417,6 +417,47 @@ def test_command_errors_are_messages_not_tracebacks(run_dir: Path, tmp_path: Pat
     assert result.exit_code == 1 and "no run 'nope'" in result.output
 
 
+def test_a_sheet_that_cannot_be_written_is_a_message_naming_its_path(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "afile").write_text("")
+    sheet = tmp_path / "afile" / "x.png"  # its folder cannot exist: the parent is a file
+    with pytest.raises(UsageError, match="cannot write the contact sheet .*afile/x.png"):
+        write_report(run_dir, sheet=sheet)
+    result = CliRunner().invoke(cli, ["report", str(run_dir), "--sheet", str(sheet)])
+    assert result.exit_code == 2 and str(sheet) in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_run_folder_is_a_message(run_dir: Path) -> None:
+    os.chmod(run_dir, 0o555)
+    try:
+        with pytest.raises(RunError, match=f"cannot write the report into {run_dir}"):
+            write_report(run_dir)
+    finally:
+        os.chmod(run_dir, 0o755)
+
+
+def test_report_files_are_readable_by_others_as_the_umask_allows(run_dir: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        page = write_report(run_dir, sheet=run_dir.parent / "sheet.png")
+    finally:
+        os.umask(old)
+    thumbs = list((run_dir / "thumbs").iterdir())
+    assert thumbs
+    for path in [page, run_dir.parent / "sheet.png", *thumbs[:3]]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert not list(run_dir.glob(".*.tmp"))
+    old = os.umask(0o077)
+    try:
+        write_report(run_dir)
+    finally:
+        os.umask(old)
+    assert page.stat().st_mode & 0o777 == 0o600  # a stricter umask is respected
+
+
 # --- reports of real runs against the emulator -------------------------------------------------
 
 SUNSET = Path(__file__).resolve().parent.parent / "pipelines" / "sunset-study.yaml"
