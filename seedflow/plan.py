@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -1050,10 +1051,32 @@ def write_lock(plan: Plan) -> Path:
         raise UsageError("a lock file records the whole plan: lock it without --only")
     path = lock_path(plan.pipeline_path)
     text = json.dumps(_lock_data(plan), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        _atomic_write(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot write the lock file {path}: {exc.strerror or exc}",
+                         hint="check that the pipeline's folder is writable and that "
+                         f"{path.name} is not a folder") from None
     return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader (or a crash) sees the old file or the new one.
+
+    The temporary file is created like any other file (0666 less the umask, not mkstemp's
+    0600): a lock file is committed and shared.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_lock(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -1064,6 +1087,11 @@ def _read_lock(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         overrides = dict(locked.get("overrides") or {})
     except FileNotFoundError:
         raise LockMismatch(f"no lock file {path}", hint="create it with `seedflow plan --lock`") from None
+    except IsADirectoryError:
+        raise LockMismatch(f"{path} is a folder, not a lock file",
+                           hint="move the folder away, then `seedflow plan --lock`") from None
+    except OSError as exc:
+        raise LockMismatch(f"cannot read the lock file {path}: {exc.strerror or exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise LockMismatch(f"{path} is not a seedflow lock file ({exc})",
                            hint="recreate it with `seedflow plan --lock`") from None

@@ -142,6 +142,22 @@ def test_init_writes_a_starter_that_validates(tmp_path: Path) -> None:
     assert run("init", "my-study", "--dir", str(tmp_path), "--force").exit_code == 0
 
 
+def test_init_into_a_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    result = run("init", "demo", "--dir", str(tmp_path / "afile" / "sub"))
+    assert result.exit_code == 2 and "cannot write" in result.output and "--dir" in result.output
+
+
+def test_lock_commands_with_a_folder_in_place_of_the_lock_file(tmp_path: Path) -> None:
+    sunset = tmp_path / "sunset.yaml"
+    shutil.copy(SUNSET, sunset)
+    (tmp_path / "sunset.lock.json").mkdir()
+    result = run("validate", str(sunset), "--locked")
+    assert result.exit_code == 1 and "is a folder, not a lock file" in result.output
+    result = run("plan", str(sunset), "--lock")
+    assert result.exit_code == 2 and "cannot write the lock file" in result.output
+
+
 def test_models_and_schema() -> None:
     result = run("models")
     assert "bytedance/seedream-4-0/sequential" in result.output and "0.027" in result.output

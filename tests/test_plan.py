@@ -569,3 +569,45 @@ def test_a_value_the_model_refuses_does_not_hide_the_count_rule_of_the_same_jobs
     assert located(problems) == [(7, "input.sequential_image_generation_options"),
                                  (11, "input.image_size"), (11, "input.image_size")]
     assert problems[0].message.endswith("is 4 (in 8 jobs)")
+
+
+def test_a_lock_file_that_is_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from seedflow.errors import UsageError
+    from seedflow.plan import plan_locked
+
+    path = tmp_path / "study.yaml"
+    path.write_text(BASE)
+    lock_path(path).mkdir()
+    with pytest.raises(LockMismatch, match="is a folder, not a lock file"):
+        plan_locked(path)
+    with pytest.raises(UsageError, match="cannot write the lock file"):
+        write_lock(plan_file(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.lock.json", "study.yaml"]
+
+
+def test_write_lock_is_atomic_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    path = tmp_path / "study.yaml"
+    path.write_text(BASE)
+    plan = plan_file(path)
+    written = write_lock(plan)
+    before = written.read_bytes()
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    write_lock(plan)
+    assert synced, "the lock file is synced before it replaces the old one"
+
+    def fail(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    from seedflow.errors import UsageError
+
+    with pytest.raises(UsageError, match="No space left on device"):
+        write_lock(plan)
+    assert written.read_bytes() == before  # the old lock file is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.lock.json", "study.yaml"]

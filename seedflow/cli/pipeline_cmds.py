@@ -218,8 +218,12 @@ def init(name: str, directory: str, force: bool) -> None:
     path = Path(directory) / f"{name}.yaml"
     if path.exists() and not force:
         raise UsageError(f"{path} exists", hint="choose another NAME, or pass --force to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}",
+                         hint="choose a folder you can write to with --dir") from None
     click.echo(f"wrote {path}; next: seedflow plan {path}")
 
 
