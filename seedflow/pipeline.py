@@ -167,11 +167,31 @@ class Pipeline:
 # --- YAML with positions -----------------------------------------------------------------------
 
 
+#: Deepest nesting of lists and mappings a pipeline may use (recipes need a handful).
+MAX_DEPTH = 100
+
+#: Most values a pipeline may hold once its aliases (``*name``) are expanded: a few lines of
+#: nested aliases can otherwise stand for billions of values ("billion laughs").
+MAX_VALUES = 1_000_000
+
+
+class _Refused(Exception):
+    """A document seedflow will not read (too deep, too many values): a message and a mark."""
+
+    def __init__(self, message: str, mark: tuple[int, int] | None, hint: str) -> None:
+        super().__init__(message)
+        self.message, self.mark, self.hint = message, mark, hint
+
+
 class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
     """A safe loader that records where every value starts and reports duplicate keys.
 
     PyYAML silently keeps the last of two equal keys; a recipe with a repeated key almost always
     has a mistake in it, so seedflow reports it (every occurrence, not only the first).
+
+    An alias (``*name``) is built once, shared (as ``yaml.safe_load`` does) and located at the
+    alias: positions are not recorded again under it, and the values it stands for are counted
+    so that a document expanding to more than :data:`MAX_VALUES` values is refused.
     """
 
     def __init__(self, stream: str) -> None:
@@ -179,6 +199,33 @@ class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
         self.values: dict[YamlPath, tuple[int, int]] = {}
         self.keys: dict[YamlPath, tuple[int, int]] = {}
         self.duplicates: list[tuple[YamlPath, int, int, int]] = []  # path, line, column, first line
+        self._depth = 0
+        self._alias_marks: dict[tuple[int, Any], yaml.Mark] = {}  # (parent node, index) -> alias
+        self._built: dict[yaml.Node, Any] = {}
+        self._building: set[yaml.Node] = set()
+        self._sizes: dict[yaml.Node, int] = {}
+        self._count = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        # PyYAML's composer and _build recurse per level: refuse depth before Python does
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            if parent is not None and index is not None:
+                self._alias_marks[_child_key(parent, index)] = mark
+            return node
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Refused(
+                    f"the YAML is nested too deeply (more than {MAX_DEPTH} levels of lists "
+                    "and mappings)", (mark.line + 1, mark.column + 1),
+                    "a pipeline needs only a few levels: check for unclosed or repeated brackets",
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def load_with_positions(self) -> Any:
         """Compose the single document and build plain Python data from it."""
@@ -187,14 +234,19 @@ class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
             return None
         return self._build(node, ())
 
-    def _build(self, node: yaml.Node, path: YamlPath) -> Any:
+    def _build(self, node: yaml.Node, path: YamlPath, alias: yaml.Mark | None = None) -> Any:
+        if node in self._built or node in self._building:
+            return self._reuse(node, path, alias)
         self.values[path] = _start(node)
+        self._count += 1
         if node.tag not in (_MAP_TAG, _SEQ_TAG):
             # scalars, and tagged collections (!!set, or !!python/... which raises here)
-            return self.construct_object(node, deep=True)
+            result = self._built[node] = self.construct_object(node, deep=True)
+            return result
+        self._building.add(node)
         if isinstance(node, yaml.MappingNode):
             self.flatten_mapping(node)  # merge keys (<<) as PyYAML's safe loader does
-            result: dict[Any, Any] = {}
+            mapping: dict[Any, Any] = {}
             first_seen: dict[Any, int] = {}
             for key_node, value_node in node.value:
                 key = self.construct_object(key_node, deep=True)
@@ -209,9 +261,44 @@ class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
                 else:
                     first_seen[key] = line
                 self.keys[child] = (line, column)
-                result[key] = self._build(value_node, child)
-            return result
-        return [self._build(item, (*path, i)) for i, item in enumerate(node.value)]
+                at = self._alias_marks.get(_child_key(node, key_node))
+                mapping[key] = self._build(value_node, child, at)
+            result = mapping
+        else:
+            result = [
+                self._build(item, (*path, i), self._alias_marks.get(_child_key(node, i)))
+                for i, item in enumerate(node.value)
+            ]
+        self._building.discard(node)
+        self._built[node] = result
+        return result
+
+    def _reuse(self, node: yaml.Node, path: YamlPath, alias: yaml.Mark | None) -> Any:
+        """The value of an alias: built once, shared, counted, located at the alias."""
+        where = (alias.line + 1, alias.column + 1) if alias is not None else _start(node)
+        self.values[path] = where
+        if node in self._building:
+            raise _Refused("an alias refers to the value that contains it (a recursive structure)",
+                           where, "a pipeline is a tree: copy the value instead of aliasing it")
+        self._count += self._size(node)
+        if self._count > MAX_VALUES:
+            raise _Refused(
+                f"the aliases (*name) of this pipeline expand to more than {MAX_VALUES:,} values",
+                where, "write the values out, or use fewer nested aliases",
+            )
+        return self._built[node]
+
+    def _size(self, node: yaml.Node) -> int:
+        """How many values ``node`` stands for with every alias in it expanded."""
+        size = self._sizes.get(node)
+        if size is None:
+            size = 1
+            if node.tag == _MAP_TAG and isinstance(node, yaml.MappingNode):
+                size += sum(self._size(value) for _, value in node.value)
+            elif node.tag == _SEQ_TAG and isinstance(node, yaml.SequenceNode):
+                size += sum(self._size(item) for item in node.value)
+            self._sizes[node] = size
+        return size
 
     def _forget(self, path: YamlPath) -> None:
         """Drop the positions recorded under ``path`` (a duplicate key replaces its value)."""
@@ -225,6 +312,11 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 
 
+def _child_key(parent: yaml.Node, index: Any) -> tuple[int, Any]:
+    """Identify a child slot: a sequence index, or the key node of a mapping value."""
+    return id(parent), index if isinstance(index, int) else id(index)
+
+
 def _start(node: yaml.Node) -> tuple[int, int]:
     """1-based line and column where a node's content starts (block scalars: the next line)."""
     mark = node.start_mark
@@ -235,9 +327,13 @@ def _start(node: yaml.Node) -> tuple[int, int]:
 
 
 def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Problem]]:
-    loader = _MarkedLoader(text)
+    loader: _MarkedLoader | None = None
     try:
+        # the reader checks every character as it is built: inside the try
+        loader = _MarkedLoader(text)
         data = loader.load_with_positions()
+    except yaml.reader.ReaderError as exc:
+        return None, Positions(), [_unreadable(exc, text, file)]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
@@ -252,10 +348,19 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Probl
             hint=hint,
         )
         return None, Positions(), [problem]
+    except _Refused as exc:
+        line, column = exc.mark or (None, None)
+        return None, Positions(), [Problem(exc.message, file=file, line=line, column=column,
+                                           hint=exc.hint)]
+    except RecursionError:
+        # only when called with little stack left: MAX_DEPTH normally stops it first
+        return None, Positions(), [Problem("the YAML is nested too deeply", file=file,
+                                           hint="a pipeline needs only a few levels of nesting")]
     except yaml.YAMLError as exc:
         return None, Positions(), [Problem(f"malformed YAML: {exc}", file=file)]
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     positions = Positions(loader.values, loader.keys)
     problems = [
         Problem(
@@ -270,6 +375,20 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, Positions, list[Probl
         for path, line, column, first in loader.duplicates
     ]
     return data, positions, problems
+
+
+def _unreadable(exc: yaml.reader.ReaderError, text: str, file: str | None) -> Problem:
+    """A character YAML does not allow (a binary file, a control character), with its place."""
+    at = max(0, min(exc.position, len(text)))
+    line = text.count("\n", 0, at) + 1
+    column = at - (text.rfind("\n", 0, at) + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return Problem(
+        f"the file contains a character YAML does not allow (#x{ord(char):02x}): is it a "
+        "pipeline (a text file)?",
+        file=file, line=line, column=column,
+        hint="remove control characters; a pipeline is YAML text (start from `seedflow init NAME`)",
+    )
 
 
 # --- schema ------------------------------------------------------------------------------------

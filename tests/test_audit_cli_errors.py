@@ -30,11 +30,6 @@ def assert_user_error(result: Result) -> None:
     assert result.exit_code in (1, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline._parse_yaml builds _MarkedLoader outside its try: "
-    "yaml.reader.ReaderError for control characters escapes as a traceback",
-)
 @pytest.mark.parametrize("command", ["validate", "plan"])
 def test_binary_pipeline_file_is_a_message(tmp_path: Path, command: str) -> None:
     path = tmp_path / "binary.yaml"
@@ -42,21 +37,12 @@ def test_binary_pipeline_file_is_a_message(tmp_path: Path, command: str) -> None
     assert_user_error(invoke(command, str(path)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a deeply nested YAML value raises RecursionError "
-    "(pipeline._MarkedLoader._build / PyYAML composer)",
-)
 def test_deeply_nested_yaml_is_a_message(tmp_path: Path) -> None:
     path = tmp_path / "deep.yaml"
     path.write_text("version: 1\nname: deep\nx: " + "[" * 5000 + "]" * 5000 + "\n")
     assert_user_error(invoke("validate", str(path)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.pipeline_cmds.init: mkdir/write_text OSError is not turned into a SeedflowError",
-)
 def test_init_into_a_path_under_a_file_is_a_message(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     assert_user_error(invoke("init", "demo", "--dir", str(tmp_path / "afile" / "sub")))

@@ -343,3 +343,78 @@ def test_an_axis_that_is_not_a_list() -> None:
     problem = only(problems_of(GOOD.replace("count: [1, 2]", "count: 2")))
     assert problem.line == 9 and problem.field == "matrix.count"
     assert problem.hint == "an axis is a list of values: count: [2]"
+
+
+# --- documents seedflow refuses to read ----------------------------------------------------------
+
+
+def test_a_control_character_is_located_not_a_traceback() -> None:
+    (problem,) = problems_of("version: 1\nname: x\nmodel: \x01\n")
+    assert (problem.line, problem.column) == (3, 8)
+    assert "#x01" in problem.message and "text file" in problem.message
+
+
+def test_deep_nesting_is_refused_with_its_line() -> None:
+    (problem,) = problems_of("version: 1\nname: deep\nx: " + "[" * 5000 + "]" * 5000 + "\n")
+    assert problem.line == 3 and "nested too deeply" in problem.message
+
+
+def test_nesting_within_the_limit_is_read() -> None:
+    from seedflow.pipeline import MAX_DEPTH
+
+    depth = MAX_DEPTH - 2  # the document and vars are levels too
+    text = GOOD.replace("vars: {place: sea}", "vars: {place: sea, deep: " + "[" * depth + "]" * depth + "}")
+    value = parse_pipeline(text).groups[0].vars["deep"]
+    for _ in range(depth - 1):
+        (value,) = value
+    assert value == []
+    with pytest.raises(PipelineError, match="nested too deeply"):
+        parse_pipeline(text.replace("deep: [", "deep: [["))
+
+
+def billion_laughs(levels: int) -> str:
+    lines = ["version: 1", "name: bomb", "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_the_alias_that_crosses_the_limit() -> None:
+    # 12 lines standing for 9**8 values: counted, never expanded
+    (problem,) = problems_of(billion_laughs(7))
+    assert "expand to more than 1,000,000 values" in problem.message
+    # a5 stands for 597,871 values, a0 to a5 for 672,603: the first *a5 of a6 crosses the limit
+    assert (problem.line, problem.column) == (9, 10)
+    assert problem.hint and "alias" in problem.hint
+
+
+def test_a_recursive_alias_is_refused() -> None:
+    (problem,) = problems_of("version: 1\nname: r\nx: &x [1, *x]\n")
+    assert problem.line == 3 and problem.column == 11 and "recursive" in problem.message
+
+
+def test_aliases_and_merge_keys_still_read_and_locate_at_the_alias() -> None:
+    text = dedent(
+        """\
+        version: 1
+        name: demo
+        model: bytedance/seedream-4-0/sequential
+        vars: &common {place: sea, mood: calm}
+        input:
+          text: "Generate {{ count }} images of {{ place }}"
+          sequential_image_generation_options: "{{ count }}"
+        matrix:
+          count: &counts [1, 2]
+        jobs:
+          a: {vars: {<<: *common, mood: stormy}}
+          b:
+            matrix:
+              count: *counts
+        """
+    )
+    pipeline = parse_pipeline(text)
+    assert pipeline.groups[0].vars == {"place": "sea", "mood": "stormy"}
+    assert pipeline.groups[1].matrix.axes["count"] == (1, 2)
+    assert pipeline.positions.line(("jobs", "b", "matrix", "count")) == 14
+    assert pipeline.positions.line(("jobs", "b", "matrix", "count", 1)) == 14
+    assert pipeline.positions.line(("matrix", "count", 1)) == 9
