@@ -812,8 +812,8 @@ class Expander:
                 else:
                     unrenderable.add(top)
                 key = ("undefined", group.name, field_, missing)
-                if key in self._reported:
-                    continue
+                if key in self._reported or missing in group.matrix.empty:
+                    continue  # an empty axis is reported where it is written
                 self._reported.add(key)
                 known = sorted(available - set(self.env.globals) - {"job"})
                 included = [o for o in combo.origins.values() if "include" in o]

@@ -106,6 +106,7 @@ class Matrix:
     exclude: tuple[Mapping[str, Any], ...] = ()
     path: YamlPath | None = None  # where the matrix is written (None: no matrix)
     overridden: frozenset[str] = frozenset()  # axes whose values came from --set
+    empty: frozenset[str] = frozenset()  # axes written empty (reported, planned without them)
 
 
 @dataclass(frozen=True)
@@ -425,8 +426,9 @@ def _schema_problems(
 ) -> tuple[list[Problem], list[YamlPath] | None]:
     """Every structural problem, as a person would want to read it (sorted by line).
 
-    Also the unknown keys to drop when they are the only problems (then the rest of the
-    pipeline can still be planned and checked), or None when some other problem is structural.
+    Also the unknown keys and empty axes to drop when they are the only problems (then the
+    rest of the pipeline can still be planned and checked), or None when some other problem
+    is structural.
     """
     problems: list[Problem] = []
     unknown: list[YamlPath] | None = []
@@ -435,6 +437,9 @@ def _schema_problems(
         if unknown is not None and _is_unknown_keys(error):
             known = error.schema.get("properties", {})
             unknown.extend((*error.absolute_path, k) for k in error.instance if k not in known)
+        elif unknown is not None and _is_empty_axis(error):
+            # planned without the axis, so the other problems of the file are found too
+            unknown.append(tuple(error.absolute_path))
         else:
             unknown = None
     problems.sort(key=lambda p: (p.line or 0, p.column or 0, p.message))
@@ -444,6 +449,12 @@ def _schema_problems(
 def _is_unknown_keys(error: jsonschema.ValidationError) -> bool:
     return (error.validator == "additionalProperties" and error.validator_value is False
             and isinstance(error.instance, dict))
+
+
+def _is_empty_axis(error: jsonschema.ValidationError) -> bool:
+    path = tuple(error.absolute_path)
+    return (error.validator == "minItems" and error.instance == [] and len(path) >= 2
+            and path[-2] == "matrix" and path[-1] not in ("include", "exclude"))
 
 
 def _drop(data: dict[Any, Any], paths: Iterable[YamlPath]) -> None:
@@ -540,7 +551,7 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 # --- building the data classes -----------------------------------------------------------------
 
 
-def _matrix(data: Any, path: YamlPath) -> Matrix:
+def _matrix(data: Any, path: YamlPath, dropped: Iterable[YamlPath] = ()) -> Matrix:
     if not isinstance(data, dict):
         return Matrix()
     axes = {k: tuple(v) for k, v in data.items() if k not in ("include", "exclude")}
@@ -549,6 +560,7 @@ def _matrix(data: Any, path: YamlPath) -> Matrix:
         include=tuple(data.get("include") or ()),
         exclude=tuple(data.get("exclude") or ()),
         path=path,
+        empty=frozenset(p[-1] for p in dropped if p[:-1] == path),
     )
 
 
@@ -561,7 +573,8 @@ def _seeds(data: Any, base: Any, path: YamlPath | None) -> Seeds:
     return Seeds(values=None, base=base, path=path)
 
 
-def _group(name: str | None, top: Mapping[str, Any], own: Mapping[str, Any]) -> Group:
+def _group(name: str | None, top: Mapping[str, Any], own: Mapping[str, Any],
+           dropped: Iterable[YamlPath] = ()) -> Group:
     """A group with the top level inherited: vars/input merged per key, the rest replaced."""
     prefix: YamlPath = ("jobs", name) if name is not None else ()
     origins: dict[str, YamlPath] = {}
@@ -590,7 +603,7 @@ def _group(name: str | None, top: Mapping[str, Any], own: Mapping[str, Any]) -> 
         model=pick("model"),
         vars=vars_,
         input=input_,
-        matrix=_matrix(matrix_data, origins.get("matrix", ("matrix",))),
+        matrix=_matrix(matrix_data, origins.get("matrix", ("matrix",)), dropped),
         seeds=_seeds(seeds_data, seed_base, origins.get("seeds")),
         job_name=pick("job_name"),
         description=own.get("description") if name is not None else top.get("description"),
@@ -672,9 +685,9 @@ def parse_pipeline(text: str, path: str | None = None) -> Pipeline:
     _drop(data, unknown)
     groups = data.get("jobs")
     built = (
-        tuple(_group(name, data, own) for name, own in groups.items())
+        tuple(_group(name, data, own, unknown) for name, own in groups.items())
         if groups
-        else (_group(None, data, data),)
+        else (_group(None, data, data, unknown),)
     )
     return Pipeline(
         path=path,

@@ -184,7 +184,7 @@ def test_model_fields_at_the_top_level_hint_at_input() -> None:
 
 
 def test_empty_axis_is_an_error_at_its_line() -> None:
-    problem = only(problems_of(GOOD.replace("count: [1, 2]", "count: [1, 2]\n  mood: []")))
+    problem = only(reading_problems(GOOD.replace("count: [1, 2]", "count: [1, 2]\n  mood: []")))
     assert problem.line == 10 and problem.field == "matrix.mood"
     assert "axis 'mood' is empty" in problem.message
 
@@ -224,10 +224,11 @@ def test_a_file_that_is_not_utf8_is_still_checked(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     text = GOOD.replace("sea", "mer très belle").replace("count: [1, 2]", "count: []") + "matrx: {}\n"
     path.write_bytes(text.encode("latin-1"))
-    with pytest.raises(PipelineError) as info:
-        load_pipeline(path)
-    assert [(p.line, p.field) for p in info.value.problems] == [(4, None), (9, "matrix.count"), (10, "matrx")]
-    assert "not UTF-8" in info.value.problems[0].message
+    problems = load_pipeline(path).problems  # found while reading; planning raises them
+    assert [(p.line, p.field) for p in problems] == [(4, None), (9, "matrix.count"), (10, "matrx")]
+    assert "not UTF-8" in problems[0].message
+    with pytest.raises(PipelineError, match="not UTF-8"):
+        plan_pipeline(load_pipeline(path))
     with pytest.raises(PipelineError, match="not UTF-8"):
         read_text(path)
 
@@ -418,3 +419,15 @@ def test_aliases_and_merge_keys_still_read_and_locate_at_the_alias() -> None:
     assert pipeline.positions.line(("jobs", "b", "matrix", "count")) == 14
     assert pipeline.positions.line(("jobs", "b", "matrix", "count", 1)) == 14
     assert pipeline.positions.line(("matrix", "count", 1)) == 9
+
+
+def test_an_empty_axis_is_reported_and_the_rest_still_planned() -> None:
+    text = GOOD.replace("count: [1, 2]", "count: [1, 2]\n  colour: []").replace(
+        "images of {{ place }}", "images of {{ place }} in {{ colour }}\"\n  image_size: \"16:9"
+    )
+    problems = plan_problems(text)
+    messages = [p.message for p in problems]
+    assert "axis 'colour' is empty" in messages
+    assert any("'16:9' is not an allowed image_size" in m for m in messages)
+    # the empty axis is not reported a second time as an undefined variable
+    assert not any("undefined variable 'colour'" in m for m in messages)
