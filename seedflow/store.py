@@ -26,7 +26,6 @@ import secrets
 import shutil
 import sqlite3
 import subprocess
-import tempfile
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -204,7 +203,10 @@ def git_commit_of(path: str | os.PathLike[str] | None) -> tuple[str | None, bool
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # not mkstemp: its files are 0600, and a run folder is shared like its images (0666 less
+    # the umask)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -471,31 +473,41 @@ class RunStore:
         return store
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> RunStore:
-        """Open an existing run folder."""
+    def open(cls, path: str | os.PathLike[str], *, readonly: bool = False) -> RunStore:
+        """Open an existing run folder; ``readonly`` never writes to it (for looking only)."""
         folder = Path(path)
         if not (folder / JOURNAL).is_file():
             raise RunError(
                 f"{folder} is not a seedflow run folder (no {JOURNAL})",
                 hint="pass a run folder or run id; `seedflow runs` lists them",
             )
-        return cls._connect(folder)
+        return cls._connect(folder, readonly=readonly, existing=True)
 
     @classmethod
-    def _connect(cls, folder: Path) -> RunStore:
+    def _connect(cls, folder: Path, *, readonly: bool = False, existing: bool = False) -> RunStore:
+        journal = folder / JOURNAL
+        conn: sqlite3.Connection | None = None
         try:
             # autocommit mode: transactions are opened explicitly in _transaction()
             # one thread at a time uses it, but not always the same one (the executor commits
             # from a writer thread so the event loop never waits for an fsync)
+            target = _readonly_uri(journal) if readonly else str(journal)
             conn = sqlite3.connect(
-                folder / JOURNAL, isolation_level=None, timeout=30, check_same_thread=False
+                target, isolation_level=None, timeout=30, check_same_thread=False, uri=readonly
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise RunError(f"the journal {folder / JOURNAL} cannot be used: {exc}") from exc
+            if existing:  # before the schema below would turn any file into an empty journal
+                _check_journal(conn, journal)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.executescript(_SCHEMA)
+        except (sqlite3.DatabaseError, RunError) as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, RunError):
+                raise
+            raise RunError(f"the journal {journal} cannot be used: {exc}") from exc
         return cls(folder, conn)
 
     def close(self) -> None:
@@ -523,6 +535,28 @@ class RunStore:
                 hint="wait for it to finish, or stop it first",
             ) from None
         self._lock_handle = handle
+
+    def is_driven(self) -> bool:
+        """Whether a live process (this one included) holds the run's lock, i.e. drives it now.
+
+        A run whose journal says it has not ended but whose lock nobody holds was interrupted
+        (killed, crashed, stopped at once): it continues only with ``seedflow resume``.
+        """
+        import fcntl
+
+        if self._lock_handle is not None:
+            return True
+        try:
+            fd = os.open(self.path / _LOCK, os.O_RDONLY)  # never created here: looking only
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also drops the probe's shared lock at once
+        return False
 
     def unlock(self) -> None:
         if self._lock_handle is not None:
@@ -811,6 +845,14 @@ class RunStore:
             return "completed"
         return "finished_with_errors"
 
+    def live_status(self, counts: Mapping[str, int] | None = None) -> str:
+        """:meth:`status`, but "interrupted" for a run that has not ended and that no live
+        process drives (the manifest keeps "running": it is written by the run itself)."""
+        status = self.status(counts)
+        if status == "running" and not self.is_driven():
+            return "interrupted"
+        return status
+
     def manifest(self) -> dict[str, Any]:
         """The manifest as data, derived from the journal."""
         meta = self.meta
@@ -861,10 +903,39 @@ class RunStore:
             pipeline=meta.get("pipeline", {}).get("name", self.path.parent.name),
             started_at=meta.get("started_at"),
             ended_at=meta.get("ended_at"),
-            status=self.status(counts),
+            status=self.live_status(counts),
             jobs=sum(counts.values()),
             by_state=counts,
             images=self.images_downloaded(),
+        )
+
+
+def _readonly_uri(journal: Path) -> str:
+    """An SQLite URI that reads ``journal`` without writing anything into its folder."""
+    uri = f"{journal.resolve().as_uri()}?mode=ro"
+    if not journal.with_name(journal.name + "-wal").exists():
+        # No open writer (it would have a -wal file). A read-only reader of a WAL journal
+        # would still create -wal and -shm files: reading it as immutable creates nothing.
+        # A writer that opens meanwhile writes into its -wal, never the file read here.
+        uri += "&immutable=1"
+    return uri
+
+
+def _check_journal(conn: sqlite3.Connection, journal: Path) -> None:
+    """Refuse a journal that is empty or not seedflow's (it would fail later, obscurely)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'run_id'").fetchone()
+    except sqlite3.DatabaseError:
+        row = None
+    if row is None:
+        empty = journal.stat().st_size == 0
+        raise RunError(
+            f"the journal {journal} is "
+            + ("empty" if empty else "not a seedflow journal")
+            + ": this run's record is lost or was never written here",
+            hint="restore journal.sqlite from a backup or the original run folder (a copy made "
+            "while the run was going may be incomplete); manifest.json beside it still lists "
+            "the jobs and request ids; otherwise start again with `seedflow run`",
         )
 
 
@@ -896,7 +967,7 @@ def list_runs(root: str | os.PathLike[str]) -> list[RunInfo]:
     infos = []
     for folder in _run_folders(Path(root)):
         try:
-            with RunStore.open(folder) as store:
+            with RunStore.open(folder, readonly=True) as store:
                 infos.append(store.info())
         except (RunError, sqlite3.DatabaseError):
             continue

@@ -57,11 +57,6 @@ def test_report_sheet_into_missing_folder_is_a_message(tmp_path: Path) -> None:
     assert_user_error(invoke("report", str(folder), "--sheet", str(sheet)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store manifest(): KeyError 'run_id' when journal.sqlite "
-    "is empty (e.g. truncated by a disk-full or a bad copy)",
-)
 @pytest.mark.parametrize("command", ["status", "resume"])
 def test_empty_journal_is_a_message(tmp_path: Path, command: str) -> None:
     ran = invoke("run", str(SUNSET), "--offline", "-q", "--out", str(tmp_path / "runs"))

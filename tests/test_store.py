@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -305,3 +307,110 @@ def test_events_are_journaled(store: RunStore) -> None:
     events = store.events()
     assert events[0]["kind"] == "run_created"
     assert events[-1] == {**events[-1], "job": 1, "kind": "job_failed", "data": {"error": "boom"}}
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file of a folder with its size and modification time (to prove nothing is written)."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all, just text\n", "foreign"])
+def test_an_empty_or_foreign_journal_is_refused_and_left_as_it_is(
+    tmp_path: Path, content: bytes | str
+) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    journal = folder / "journal.sqlite"
+    if content == "foreign":
+        with sqlite3.connect(journal) as conn:
+            conn.execute("CREATE TABLE notes(x)")
+        conn.close()
+    else:
+        journal.write_bytes(content)
+    before = journal.read_bytes()
+    for readonly in (False, True):
+        expected = "is empty" if content == b"" else "not a seedflow journal"
+        with pytest.raises(RunError, match=expected) as caught:
+            RunStore.open(folder, readonly=readonly)
+        assert "restore journal.sqlite" in (caught.value.hint or "")
+    assert journal.read_bytes() == before  # never turned into an empty seedflow schema
+    assert list_runs(tmp_path) == []
+
+
+def test_reading_a_run_writes_nothing_into_its_folder(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    with RunStore.create(root, make_plan(), base_url="x") as created:
+        folder = created.path
+    before = _snapshot(folder)
+    [info] = list_runs(root)
+    with RunStore.open(folder, readonly=True) as store:
+        assert store.manifest()["run_id"] == info.run_id
+        assert store.live_status() == "interrupted"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.set_meta(x=1)
+    assert _snapshot(folder) == before
+
+
+def test_a_read_only_reader_sees_a_live_runs_latest_changes(store: RunStore) -> None:
+    store.mark_submitting(0)
+    with RunStore.open(store.path, readonly=True) as reader:
+        assert reader.job(0).state == "submitting"
+        store.record_submission(0, "req-1")
+        assert reader.job(0).request_id == "req-1"
+
+
+def _hold_lock(folder: Path) -> subprocess.Popen[str]:
+    """Another process holding the run's lock, as a live `seedflow run` does."""
+    code = (
+        "import fcntl, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX);"
+        " print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder / ".lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_an_unended_run_nobody_drives_is_interrupted(store: RunStore) -> None:
+    assert store.manifest()["status"] == "running"  # the manifest's own word is unchanged
+    store.lock()
+    assert store.live_status() == "running"  # this process drives it
+    store.unlock()
+    assert store.live_status() == "interrupted"
+    assert list_runs(store.path.parent.parent)[0].status == "interrupted"
+    holder = _hold_lock(store.path)
+    try:
+        assert store.live_status() == "running"
+        assert list_runs(store.path.parent.parent)[0].status == "running"
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    assert store.live_status() == "interrupted"  # the holder died: its lock went with it
+    store.set_meta(ended_at="2026-11-25T18:00:00Z")
+    assert store.live_status() != "interrupted"  # an ended run is never interrupted
+
+
+def test_run_files_are_readable_by_others_as_the_umask_allows(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with RunStore.create(tmp_path / "runs", make_plan(), base_url="x") as created:
+            created.write_manifest()
+            folder = created.path
+    finally:
+        os.umask(old)
+    for name in ("manifest.json", "plan.json", "pipeline.yaml"):
+        assert (folder / name).stat().st_mode & 0o777 == 0o644, name
+    old = os.umask(0o077)
+    try:
+        with RunStore.create(tmp_path / "private", make_plan(), base_url="x") as created:
+            assert (created.path / "manifest.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
