@@ -236,3 +236,78 @@ def test_only_with_no_match_is_a_clear_error_and_sends_nothing(tmp_path: Path) -
     assert "stormy-2560-1440-16-9-s100" in result.stderr  # a close name
     assert "Traceback" not in result.output + result.stderr
     assert not list(tmp_path.glob("*/*/journal.sqlite"))
+
+
+def _unfinished_run(root: Path) -> Path:
+    """A run that was created and never driven (as one killed at once would be left)."""
+    from seedflow.plan import plan_file
+    from seedflow.store import RunStore
+
+    with RunStore.create(root, plan_file(SUNSET), base_url="http://127.0.0.1:1") as store:
+        return store.path
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_run_nobody_drives_shows_as_interrupted_with_the_resume_hint(tmp_path: Path) -> None:
+    folder = _unfinished_run(tmp_path)
+    before = _snapshot(folder)
+    listed = invoke("runs", "--out", str(tmp_path))
+    assert listed.exit_code == 0, listed.stderr
+    assert re.search(rf"{folder.name}\s+sunset-study\s+interrupted", listed.stdout)
+    assert f"seedflow resume {folder.name} --out {tmp_path}" in listed.stderr
+    status = invoke("status", str(folder))
+    assert status.exit_code == 0, status.stderr
+    assert "status:    interrupted" in status.stdout
+    assert f"seedflow resume {folder}" in status.stderr
+    as_json = json.loads(invoke("status", str(folder), "--json").stdout)
+    assert as_json["status"] == "interrupted"
+    assert _snapshot(folder) == before  # looking wrote nothing into the run folder
+
+
+def test_looking_at_an_empty_journal_leaves_it_empty(tmp_path: Path) -> None:
+    folder = _unfinished_run(tmp_path)
+    (folder / "journal.sqlite").write_bytes(b"")
+    assert invoke("runs", "--out", str(tmp_path)).exit_code == 0
+    status = invoke("status", str(folder))
+    assert status.exit_code == 1 and "is empty" in status.stderr and "restore" in status.stderr
+    assert (folder / "journal.sqlite").stat().st_size == 0
+
+
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_an_empty_base_url_is_an_error_not_the_real_api(tmp_path: Path, command: str) -> None:
+    target = str(SUNSET) if command == "run" else str(_unfinished_run(tmp_path))
+    result = invoke(command, target, "--base-url", "", "--out", str(tmp_path),
+                    env={"RUNCOMFY_API_TOKEN": SECRET})  # fmt: skip
+    assert result.exit_code == 2 and "--base-url is empty" in result.stderr
+    assert len(list(tmp_path.glob("*/*/journal.sqlite"))) == (command == "resume")
+
+
+def test_a_large_resume_asks_first_on_a_terminal_and_yes_skips_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from seedflow.cli import run_cmds
+    from seedflow.errors import RunError
+
+    folder = _unfinished_run(tmp_path)
+    reached: list[str] = []
+
+    def fake_resume(run: str, **_kw: Any) -> Any:
+        reached.append(run)
+        raise RunError("resume reached")
+
+    monkeypatch.setattr(run_cmds, "_stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(run_cmds, "CONFIRM_IMAGES", 20)  # the run has 26 images left to send
+    monkeypatch.setattr(run_cmds, "resume_run", fake_resume)
+    refused = invoke("resume", str(folder), "-q", input="n\n")
+    assert refused.exit_code == 2 and "nothing was sent" in refused.stderr
+    assert "Resuming sends 8 jobs for 26 images" in refused.stderr and reached == []
+    for flag in ("--yes", "-y"):
+        accepted = invoke("resume", str(folder), "-q", flag)
+        assert "Continue?" not in accepted.stderr and "resume reached" in accepted.stderr
+    assert reached == [str(folder), str(folder)]
+    monkeypatch.setattr(run_cmds, "CONFIRM_IMAGES", 200)
+    small = invoke("resume", str(folder), "-q")  # below the thresholds: no question
+    assert "Continue?" not in small.stderr and len(reached) == 3

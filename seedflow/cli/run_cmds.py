@@ -7,6 +7,7 @@ Thin wrappers: planning, guards and running live in :mod:`seedflow.executor`
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +142,44 @@ def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
 
 
+def _check_base_url(base_url: str | None) -> None:
+    """An empty --base-url is a mistake (an unset variable in a script), not "the default"."""
+    if base_url is not None and not base_url.strip():
+        raise UsageError(
+            "--base-url is empty",
+            hint="give the API's address (e.g. http://127.0.0.1:8000 for `seedflow emulator`),"
+            " or leave the option out to use RUNCOMFY_BASE_URL or RunComfy's own",
+        )
+
+
+def _confirm_resume(
+    run: str, out: str, *, yes: bool, retry_failed: bool, resend_unknown: bool,
+    base_url: str | None,
+) -> None:  # fmt: skip
+    """Ask before a resume that would send a large amount of work, as `run` does."""
+    if yes or not _stdin_is_terminal():
+        return
+    with RunStore.open(find_run(run, out), readonly=True) as store:
+        meta, jobs = store.meta, store.jobs()
+    if meta.get("offline") and base_url is None:
+        return  # resumes against the built-in emulator: nothing is paid
+    to_send = {"pending"} | ({"failed"} if retry_failed else set())
+    if resend_unknown:
+        to_send |= {"unknown", "submitting"}
+    sent = [j for j in jobs if j.state in to_send and not (j.state == "pending" and j.request_id)]
+    images = sum(j.images_requested for j in sent)
+    total = sum(j.images_requested for j in jobs) or 1
+    cost = float(meta.get("estimated_cost") or 0.0) * images / total
+    if cost < CONFIRM_COST and images < CONFIRM_IMAGES:
+        return
+    question = (
+        f"Resuming sends {len(sent)} jobs for {images} images, estimated "
+        f"{cost:.2f} {meta.get('currency', 'USD')}. Continue?"
+    )
+    if not click.confirm(question, default=False, err=True):
+        raise UsageError("not confirmed; nothing was sent", hint="pass --yes to skip this question")
+
+
 def _confirm_large(plan: Any, *, yes: bool, offline: bool) -> None:
     large = plan.estimated_cost >= CONFIRM_COST or plan.total_images >= CONFIRM_IMAGES
     if yes or offline or not large or not _stdin_is_terminal():
@@ -190,6 +229,7 @@ def run_command(
     from ..client import resolve_token
     from ..plan import plan_file
 
+    _check_base_url(base_url)
     if offline and base_url:
         raise UsageError("--offline and --base-url cannot be used together")
     plan = plan_file(pipeline, overrides=_parse_sets(sets), only=list(only) or None)
@@ -218,10 +258,12 @@ def run_command(
               help="Submit again jobs whose first submit's outcome is unknown (may pay twice).")  # fmt: skip
 @click.option("--reuse", is_flag=True,
               help="Take outputs of identical jobs from earlier completed runs.")  # fmt: skip
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before sending a large amount of work.")
 @_progress_options
 @base_url_option
 def resume_command(
-    run: str, out: str, retry_failed: bool, resend_unknown: bool, reuse: bool, concurrency: int,
+    run: str, out: str, retry_failed: bool, resend_unknown: bool, reuse: bool, yes: bool,
+    concurrency: int,
     max_rps: float | None, live_report: bool, quiet: bool, json_lines: bool,
     base_url: str | None,
 ) -> None:  # fmt: skip
@@ -237,6 +279,11 @@ def resume_command(
     """
     from ..client import resolve_token
 
+    _check_base_url(base_url)
+    _confirm_resume(
+        run, out, yes=yes, retry_failed=retry_failed, resend_unknown=resend_unknown,
+        base_url=base_url,
+    )  # fmt: skip
     progress, on_event = _display(quiet, json_lines, resolve_token())
     on_event, live = _with_live_report(on_event, live_report)
     with progress:
@@ -280,6 +327,14 @@ def runs_command(out: str, as_json: bool) -> None:
             f"{i.run_id:<24} {i.pipeline[:20]:<20} {i.status:<20} {f'{done}/{i.jobs}':>9} "
             f"{i.images:>7}  {i.started_at or ''}"
         )
+    interrupted = [i for i in infos if i.status == "interrupted"]
+    if interrupted:
+        _echo(
+            f"{len(interrupted)} run(s) interrupted (no seedflow process drives them): "
+            "continue one with `seedflow resume RUN`, e.g. seedflow resume "
+            + interrupted[-1].run_id
+            + ("" if out == "runs" else f" --out {shlex.quote(out)}")
+        )
 
 
 @click.command("status")
@@ -294,8 +349,11 @@ def status_command(run: str, out: str, as_json: bool) -> None:
     Example:
       seedflow status 20261125T170000Z-3f9a
     """
-    with RunStore.open(find_run(run, out)) as store:
+    with RunStore.open(find_run(run, out), readonly=True) as store:
         manifest = store.manifest()
+        # the journal says "running" until the run ends; only the lock tells a live run from
+        # one that was killed, crashed or stopped at once
+        manifest["status"] = store.live_status(manifest["totals"]["by_state"])
         path = store.path
     problems = [
         j for j in manifest["jobs"] if j["state"] in ("failed", "unknown", "cancelled", "partial")
@@ -327,6 +385,9 @@ def status_command(run: str, out: str, as_json: bool) -> None:
     click.echo("\n".join(lines))
     for job in problems:
         click.echo(f"  {job['name']} [{job['state']}]: {job['error'] or ''}")
+    if manifest["status"] == "interrupted":
+        _echo(f"interrupted: no seedflow process drives this run; continue with: "
+              f"seedflow resume {shlex.quote(str(path))}")  # fmt: skip
 
 
 commands: list[click.Command] = [run_command, resume_command, runs_command, status_command]
