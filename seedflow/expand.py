@@ -25,8 +25,8 @@ from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedErr
 from jinja2.environment import TemplateExpression
 from jinja2.sandbox import SandboxedEnvironment
 
-from .errors import Problem
-from .pipeline import Group, Matrix, Pipeline, Seeds, YamlPath, did_you_mean
+from .errors import Problem, UsageError
+from .pipeline import Group, Matrix, Pipeline, Seeds, YamlPath, did_you_mean, seeds_of, seeds_valid
 
 __all__ = [
     "Combination",
@@ -450,20 +450,28 @@ def matrix_size_bound(matrix: Matrix) -> int:
 
 
 def parse_overrides(items: Iterable[str]) -> tuple[dict[str, Any], list[Problem]]:
-    """``["mood=stormy", "size=[a, b]"]`` -> values (parsed as YAML: numbers, lists...)."""
+    """``["mood=stormy", "size=[a, b]"]`` -> values (parsed as YAML: numbers, lists...).
+
+    Also warnings: a value that is not valid YAML is taken as text, and said so. An item
+    that is not ``KEY=VALUE`` at all is a :class:`UsageError`.
+    """
     out: dict[str, Any] = {}
     problems = []
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            problems.append(Problem(f"--set {item!r} is not KEY=VALUE", field=key or None,
-                                    hint="e.g. --set mood=stormy or --set 'size=[a, b]'"))
-            continue
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE (e.g. --set mood=stormy)",
+                             hint="a list of values: --set 'mood=[calm, stormy]'")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+            problems.append(Problem(
+                f"--set {key}={raw}: the value is not valid YAML and is taken as the text {raw!r}",
+                field=key, severity="warning",
+                hint="quote it to mean text (--set 'mood=\"[x\"'), or close the brackets for a list",
+            ))
         if isinstance(value, (int, float)) and ":" in raw:
             value = raw  # YAML 1.1 reads 16:9 as 969 (base 60): nobody means that on a command line
         out[key] = raw if value is None else value
@@ -497,10 +505,13 @@ def _override_group(group: Group, key: str, value: Any) -> Group | None:
         return replace(group, input={**group.input, name: value},
                        origins={**group.origins, f"input.{name}": where})
     if key == "seeds":
-        seeds = value if isinstance(value, list) else [value]
-        if seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            return replace(group, seeds=Seeds(tuple(seeds), group.seeds.base, where))
-        raise _BadOverride("seeds are non-negative integers: --set seeds=7 or --set 'seeds=[1, 2]'")
+        # every form the file accepts (a list, or {start, count[, step]}), and one seed
+        seeds = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+        if not seeds_valid(seeds):
+            raise _BadOverride("seeds are a list of non-negative integers or {start, count[, step]}: "
+                               "--set seeds=7, --set 'seeds=[1, 2]' or "
+                               "--set 'seeds={start: 0, count: 10}'")
+        return replace(group, seeds=seeds_of(seeds, group.seeds.base, where))
     if key == "seed_base":
         return replace(group, seeds=replace(group.seeds, base=value))
     return None
@@ -517,7 +528,7 @@ def apply_overrides(pipeline: Pipeline, overrides: Mapping[str, Any]) -> tuple[P
             try:
                 changed = _override_group(group, key, value)
             except _BadOverride as exc:
-                problems.append(Problem(f"--set {key}={value!r}: {exc}", field=key))
+                problems.append(Problem(f"--set {key}={value!r}: {exc}", file=pipeline.path, field=key))
                 hit = True
                 break
             if changed is not None:

@@ -37,6 +37,8 @@ __all__ = [
     "parse_pipeline",
     "pipeline_schema",
     "read_text",
+    "seeds_of",
+    "seeds_valid",
     "starter_pipeline",
 ]
 
@@ -564,6 +566,17 @@ def _matrix(data: Any, path: YamlPath, dropped: Iterable[YamlPath] = ()) -> Matr
     )
 
 
+def seeds_valid(data: Any) -> bool:
+    """Whether ``data`` is a value the pipeline format accepts for ``seeds``."""
+    schema = pipeline_schema()["$defs"]["seeds"]
+    return data is not None and jsonschema.Draft202012Validator(schema).is_valid(data)
+
+
+def seeds_of(data: Any, base: Any = None, path: YamlPath | None = None) -> Seeds:
+    """The :class:`Seeds` a valid ``seeds`` value stands for (a list, or start/count/step)."""
+    return _seeds(data, base, path)
+
+
 def _seeds(data: Any, base: Any, path: YamlPath | None) -> Seeds:
     if isinstance(data, list):
         return Seeds(values=tuple(data), base=base, path=path)
@@ -722,12 +735,9 @@ def _read(path: str | os.PathLike[str]) -> tuple[str, list[Problem]]:
     try:
         raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise PipelineError([Problem("no such file", file=file,
-                                     hint="check the path (recipes live in pipelines/)")],
-                            file=file) from None
+        raise UsageError(f"{file}: no such file", hint="check the path (recipes live in pipelines/)") from None
     except OSError as exc:
-        raise PipelineError([Problem(f"cannot read the file: {exc.strerror}", file=file)],
-                            file=file) from None
+        raise UsageError(f"{file}: cannot read the file: {exc.strerror or exc}") from None
     problems = []
     try:
         text = raw.decode("utf-8")

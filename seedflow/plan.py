@@ -429,7 +429,7 @@ class Planner:
         self._problems.extend(pipeline.problems)  # found while reading, planned anyway
         # a bad --set is reported with the rest; the good ones still apply
         self.overrides, problems = _overrides(overrides)
-        self._problems.extend(problems)
+        self._problems.extend([replace(p, file=p.file or pipeline.path) for p in problems])
         pipeline, problems = apply_overrides(pipeline, self.overrides)
         self._problems.extend(problems)
         self.pipeline = pipeline
@@ -1092,9 +1092,15 @@ def _read_lock(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                            hint="move the folder away, then `seedflow plan --lock`") from None
     except OSError as exc:
         raise LockMismatch(f"cannot read the lock file {path}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError) as exc:
-        raise LockMismatch(f"{path} is not a seedflow lock file ({exc})",
+    except KeyError as exc:
+        raise LockMismatch(f"{path} is not a seedflow lock file: missing key {exc.args[0]!r}",
                            hint="recreate it with `seedflow plan --lock`") from None
+    except ValueError as exc:
+        raise LockMismatch(f"{path} is not a seedflow lock file: {exc}",
+                           hint="recreate it with `seedflow plan --lock`") from None
+    except TypeError:
+        raise LockMismatch(f"{path} is not a seedflow lock file: it is not a mapping with a list "
+                           "of jobs", hint="recreate it with `seedflow plan --lock`") from None
     return locked_jobs, overrides
 
 

@@ -190,12 +190,22 @@ def test_bad_set_values_and_pipeline_errors_are_printed_together(tmp_path: Path)
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)
     for command in ("validate", "plan"):
-        result = run(command, str(path), "--set", "mod=x", "--set", "nothing")
+        result = run(command, str(path), "--set", "mod=x")
         assert result.exit_code == 1
         assert "--set mod: nothing named 'mod'" in result.output and "did you mean 'mood'?" in result.output
-        assert "--set 'nothing' is not KEY=VALUE" in result.output
         assert f"{path}:10:10: error" in result.output and "field 'input.image_size'" in result.output
-        assert "3 errors" in result.output
+        assert "2 errors" in result.output
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_file_and_set_usage_errors_say_it_once(command: str, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = run(command, str(missing))
+    assert result.exit_code == 2
+    assert result.output.splitlines()[0] == f"error: {missing}: no such file"
+    result = run(command, str(SUNSET), "--set", "foo")
+    assert result.exit_code == 2 and "<pipeline>" not in result.output
+    assert result.output.splitlines()[0] == "error: --set 'foo': expected KEY=VALUE (e.g. --set mood=stormy)"
 
 
 def test_plan_only(tmp_path: Path) -> None:

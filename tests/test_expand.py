@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from jinja2 import TemplateSyntaxError
 from jinja2.exceptions import SecurityError, UndefinedError
 
+from seedflow.errors import UsageError
 from seedflow.expand import (
     Expander,
     apply_overrides,
@@ -332,8 +333,11 @@ def test_unknown_override_suggests_a_name() -> None:
 def test_override_values_are_read_as_yaml() -> None:
     values, problems = parse_overrides(["count=4", "mood=[a, b]", "place=the sea", "empty="])
     assert values == {"count": 4, "mood": ["a", "b"], "place": "the sea", "empty": ""}
-    _, problems = parse_overrides(["novalue"])
-    assert problems and "KEY=VALUE" in problems[0].message
+    assert problems == []
+    with pytest.raises(UsageError, match="expected KEY=VALUE"):
+        parse_overrides(["novalue"])
+    values, (warning,) = parse_overrides(["mood=[unclosed"])
+    assert values == {"mood": "[unclosed"} and warning.severity == "warning"
 
 
 def test_undefined_variables_are_reported_once_with_line_and_field() -> None:

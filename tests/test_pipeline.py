@@ -234,7 +234,7 @@ def test_a_file_that_is_not_utf8_is_still_checked(tmp_path: Path) -> None:
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:
-    with pytest.raises(PipelineError, match="no such file"):
+    with pytest.raises(UsageError, match="nope.yaml: no such file"):
         load_pipeline(tmp_path / "nope.yaml")
     (tmp_path / "empty.yaml").write_text("# nothing\n")
     with pytest.raises(PipelineError, match="empty"):

@@ -313,8 +313,12 @@ def test_lock_files(tmp_path: Path) -> None:
     with pytest.raises(LockMismatch, match="8 changed"):
         check_lock(plan_file(path))
     written.write_text("{not json")
-    with pytest.raises(LockMismatch, match="not a seedflow lock file"):
+    with pytest.raises(LockMismatch, match="not a seedflow lock file: Expecting"):
         check_lock(plan_file(path))
+    written.write_text('{"jobs": [{"id": "j1"}]}')
+    with pytest.raises(LockMismatch) as info:
+        check_lock(plan_file(path))
+    assert info.value.message == f"{written} is not a seedflow lock file: missing key 'name'"
 
 
 def test_a_bad_value_given_with_set_is_located_on_the_command_line() -> None:
@@ -440,17 +444,50 @@ def test_a_template_that_does_not_compile_does_not_hide_the_rest_of_its_group() 
 
 def test_set_errors_are_reported_with_the_problems_of_the_pipeline() -> None:
     text = BASE.replace('"2048:2048 (1:1)"', '"1:1"')
-    problems = errors_of(text, overrides=["novalue", "mod=stormy", "seeds=[-1]", "count=4"])
+    problems = errors_of(text, overrides=["mod=stormy", "seeds=[-1]", "count=4"])
     messages = [p.message for p in problems]
-    assert messages[:3] == [
-        "--set 'novalue' is not KEY=VALUE",
+    assert messages[:2] == [
         "--set mod: nothing named 'mod' in the pipeline",
-        "--set seeds=[-1]: seeds are non-negative integers: --set seeds=7 or --set 'seeds=[1, 2]'",
+        "--set seeds=[-1]: seeds are a list of non-negative integers or {start, count[, step]}: "
+        "--set seeds=7, --set 'seeds=[1, 2]' or --set 'seeds={start: 0, count: 10}'",
     ]
-    assert problems[1].hint == "did you mean 'mood'?" and problems[2].field == "seeds"
+    assert problems[0].hint == "did you mean 'mood'?" and problems[1].field == "seeds"
+    assert problems[1].file is not None  # located in the pipeline, never a made-up place
     # the good --set still applies (count=4), and the file's own problem is reported with its line
-    assert located(problems[3:]) == [(11, "input.image_size")]
-    assert problems[3].variables is not None and problems[3].variables["count"] == 4
+    assert located(problems[2:]) == [(11, "input.image_size")]
+    assert problems[2].variables is not None and problems[2].variables["count"] == 4
+
+
+def test_an_item_that_is_not_key_value_is_a_usage_error() -> None:
+    from seedflow.errors import UsageError
+
+    with pytest.raises(UsageError) as info:
+        plan_text(BASE, overrides=["novalue"])
+    assert info.value.message == "--set 'novalue': expected KEY=VALUE (e.g. --set mood=stormy)"
+
+
+@pytest.mark.parametrize(
+    ("value", "seeds"),
+    [("7", [7]), ("[1, 2]", [1, 2]), ("{start: 0, count: 3}", [0, 1, 2]),
+     ("{start: 10, count: 2, step: 5}", [10, 15])],
+)
+def test_set_seeds_accepts_every_form_of_the_file(value: str, seeds: list[int]) -> None:
+    plan = plan_text(BASE, overrides=[f"seeds={value}", "mood=stormy", "size=2048:2048 (1:1)"])
+    assert sorted({j.seed for j in plan.jobs}) == seeds
+
+
+@pytest.mark.parametrize("value", ["{start: 0}", "{start: -1, count: 2}", "[]", "x", "true"])
+def test_set_seeds_refuses_what_the_file_refuses(value: str) -> None:
+    (problem,) = errors_of(BASE, overrides=[f"seeds={value}"])
+    assert problem.field == "seeds" and "seeds are a list of non-negative integers" in problem.message
+
+
+def test_a_set_value_that_is_not_yaml_is_text_with_a_warning() -> None:
+    plan = plan_text(BASE, overrides=["place=[unclosed"])
+    assert all("[unclosed" in j.input["text"] for j in plan.jobs)
+    (warning,) = [w for w in plan.warnings if "--set" in w.message]
+    assert warning.severity == "warning" and warning.field == "place" and warning.file == "p.yaml"
+    assert "not valid YAML and is taken as the text '[unclosed'" in warning.message
 
 
 def test_a_sweep_over_the_limit_still_reports_the_problems_of_its_first_jobs() -> None:
