@@ -142,6 +142,15 @@ def test_init_writes_a_starter_that_validates(tmp_path: Path) -> None:
     assert run("init", "my-study", "--dir", str(tmp_path), "--force").exit_code == 0
 
 
+@pytest.mark.parametrize(("given", "written"), [("x.yaml", "x.yaml"), ("x.yml", "x.yml"), ("x", "x.yaml")])
+def test_init_accepts_a_file_name(tmp_path: Path, given: str, written: str) -> None:
+    result = run("init", given, "--dir", str(tmp_path))
+    assert result.exit_code == 0 and [p.name for p in tmp_path.iterdir()] == [written]
+    text = (tmp_path / written).read_text()
+    assert "name: x\n" in text
+    assert run("validate", str(tmp_path / written)).exit_code == 0
+
+
 def test_init_into_a_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     result = run("init", "demo", "--dir", str(tmp_path / "afile" / "sub"))

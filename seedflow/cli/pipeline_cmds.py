@@ -208,14 +208,17 @@ def _short(value: Any) -> str:
               show_default=True, help="Where to write NAME.yaml.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(name: str, directory: str, force: bool) -> None:
-    """Write a commented starter pipeline NAME.yaml that validates.
+    """Write a commented starter pipeline NAME.yaml that validates (NAME may end in .yaml or .yml).
 
     \b
     Example:
       seedflow init product-shots && seedflow plan pipelines/product-shots.yaml
     """
-    text = starter_pipeline(name)
-    path = Path(directory) / f"{name}.yaml"
+    # `seedflow init x.yaml` means the file x.yaml, not x.yaml.yaml
+    stem, suffix = (name[:-5], ".yaml") if name.endswith(".yaml") else (
+        (name[:-4], ".yml") if name.endswith(".yml") else (name, ".yaml"))
+    text = starter_pipeline(stem)
+    path = Path(directory) / f"{stem}{suffix}"
     if path.exists() and not force:
         raise UsageError(f"{path} exists", hint="choose another NAME, or pass --force to overwrite it")
     try:
