@@ -612,3 +612,21 @@ def test_live_report_keeps_errors_instead_of_breaking_the_run(tmp_path: Path) ->
     live(SimpleNamespace(kind="run_started", message=str(tmp_path)))
     live(SimpleNamespace(kind="run_finished", message=str(tmp_path)))
     assert live.errors and "manifest" in live.errors[-1]
+
+
+def test_the_page_of_a_crashed_run_does_not_reload_forever(tmp_path: Path) -> None:
+    from seedflow.plan import plan_file
+    from seedflow.store import RunStore
+
+    store = RunStore.create(tmp_path, plan_file(SUNSET), base_url="http://127.0.0.1:1")
+    try:
+        store.lock()  # a live run: its page fills in as images arrive
+        result = CliRunner().invoke(cli, ["report", str(store.path)])
+        assert result.exit_code == 0, result.output
+        assert "location.reload()" in (store.path / "report.html").read_text(encoding="utf-8")
+        store.unlock()  # as if its process died: the journal still says it has not ended
+        result = CliRunner().invoke(cli, ["report", str(store.path)])
+        assert result.exit_code == 0, result.output
+        assert "location.reload()" not in (store.path / "report.html").read_text(encoding="utf-8")
+    finally:
+        store.close()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..errors import RunError
 from ..report import find_run_dir, write_report
+from ..store import JOURNAL, RunStore
 
 
 @click.command("report")
@@ -38,12 +40,27 @@ def report(
       seedflow report 20261125T170000Z-3f9a --x style --y mood --sheet sheet.png --open
     """
     folder = find_run_dir(run, out_dir)
-    page = write_report(folder, x=x_axis, y=y_axis, sheet=sheet)
+    page = write_report(folder, x=x_axis, y=y_axis, sheet=sheet, live=_is_live(folder))
     click.echo(f"report: {page}")
     if sheet is not None:
         click.echo(f"contact sheet: {sheet}")
     if open_page:
         click.launch(page.resolve().as_uri())
+
+
+def _is_live(folder: Path) -> bool | None:
+    """Whether a process drives the run now (its page then reloads itself); None when only the
+    manifest can tell (a copied folder without its journal, or a journal that is unreadable).
+
+    A crashed run's manifest still says "running": its page must not reload forever.
+    """
+    if not (folder / JOURNAL).is_file():
+        return None
+    try:
+        with RunStore.open(folder, readonly=True) as store:
+            return store.live_status() == "running"
+    except RunError:
+        return None
 
 
 commands: list[click.Command] = [report]
