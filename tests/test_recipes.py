@@ -69,3 +69,12 @@ def test_every_planned_input_is_accepted_by_the_emulator(path: Path, emulator: E
             answer = client.post(f"/v1/models/{job.model}", json=dict(job.input))
             assert answer.status_code == 200, (job.name, answer.text)
             assert answer.json()["request_id"]
+
+
+def test_the_only_example_of_the_docs_selects_the_jobs_it_names() -> None:
+    docs = (ROOT / "docs" / "pipeline-format.md").read_text()
+    example = next(line for line in docs.splitlines() if line.startswith("plan = plan_file(") and "only=" in line)
+    selectors = json.loads(example.split("only=", 1)[1].rstrip(")"))
+    for selector in selectors:
+        plan = plan_file(ROOT / "pipelines" / "sunset-study.yaml", only=[selector])
+        assert len(plan.jobs) == 1, f"the docs' --only example {selector!r} selects {len(plan.jobs)} jobs"
