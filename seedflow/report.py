@@ -416,7 +416,7 @@ def build_grid(
     axes_values: Mapping[str, Sequence[Any]] = manifest.get("axes") or {}
     # Axes that follow from x (or y) alone are shown beside its labels, e.g. "count=4".
     hidden = [a for a in available if a not in on_grid and a not in page_axes]
-    followers = {
+    followers: dict[str | None, Sequence[str]] = {
         axis: [a for a in hidden if _determined(a, (axis,), jobs)] for axis in on_grid
     }
     built = tuple(
