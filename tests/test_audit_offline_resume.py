@@ -72,11 +72,6 @@ def test_offline_resume_finishes_an_accepted_job(tmp_path: Path) -> None:
     assert [job["state"] for job in manifest["jobs"]] == ["completed"] * 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the offline emulator repeats request ids across "
-    "processes (fixed seed): on resume an old job receives another job's images",
-)
 def test_offline_resume_never_gives_one_job_another_jobs_images(tmp_path: Path) -> None:
     folder = finished_offline_run(tmp_path)
     rewind(folder, 0, keep_request_id=True)  # accepted before the crash
