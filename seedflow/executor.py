@@ -410,6 +410,7 @@ class Executor:
         stop: StopControl | None = None,
         resend_unknown: bool = False,
         retry_failed: bool = False,
+        requests_lost: bool = False,
         reuse_from: Iterable[Path] = (),
         manifest_interval: float | None = None,
         download_concurrency: int = 8,
@@ -423,6 +424,9 @@ class Executor:
         self.stop = stop or StopControl()
         self.resend_unknown = resend_unknown
         self.retry_failed = retry_failed
+        # The service that knew this run's requests is gone (an --offline run's private
+        # emulator ended with its process): what it held is sent again, which costs nothing.
+        self.requests_lost = requests_lost
         self.reuse_from = list(reuse_from)
         self._manifest_interval = manifest_interval
         self._on_event = on_event
@@ -518,6 +522,11 @@ class Executor:
         return waits + downloads + submits
 
     def _action_for(self, job: JobRecord, state: str) -> str | None:
+        if self.requests_lost and (
+            state in ("queued", "running", "unknown", "submitting")
+            or (job.request_id and job.missing_outputs)
+        ):
+            return "submit"
         if state in ("queued", "running") and job.request_id:
             return "wait"
         if job.request_id and job.missing_outputs and state in ("completed", "partial", "failed"):
@@ -1177,7 +1186,7 @@ def resume_run(
                     stop=stop or StopControl(), handle_signals=handle_signals,
                     client_options=_client_options(max_requests_per_second, poll, retry),
                     resend_unknown=resend_unknown, retry_failed=retry_failed,
-                    reuse_from=reuse_from,
+                    reuse_from=reuse_from, requests_lost=offline,
                 )
             )  # fmt: skip
     finally:

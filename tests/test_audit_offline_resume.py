@@ -58,11 +58,6 @@ def rewind(folder: Path, idx: int, *, keep_request_id: bool) -> None:
         image.unlink()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="offline resume polls old request ids against a fresh "
-    "in-process emulator: the job fails with HTTP 404 instead of being finished",
-)
 def test_offline_resume_finishes_an_accepted_job(tmp_path: Path) -> None:
     folder = finished_offline_run(tmp_path)
     rewind(folder, 0, keep_request_id=True)
