@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -438,6 +439,14 @@ def expand_matrix(matrix: Matrix) -> Iterator[Combination]:
             yield Combination(dict(entry), dict(include_origins[i]), {})
 
 
+def matrix_size(matrix: Matrix) -> int | None:
+    """The exact number of combinations when arithmetic gives it (no ``include`` or
+    ``exclude``: the product of the axes), else None (the matrix must be expanded)."""
+    if matrix.include or matrix.exclude:
+        return None
+    return math.prod(len(values) for values in matrix.axes.values())
+
+
 def matrix_size_bound(matrix: Matrix) -> int:
     """An upper bound of the number of combinations, computed without expanding."""
     size = 1
@@ -684,17 +693,33 @@ class Expander:
         return total
 
     def count(self, stop: int | None = None) -> int:
-        """The exact number of jobs (expands the matrices, renders nothing); counting ends
-        as soon as it passes ``stop``."""
+        """The exact number of jobs (renders nothing); counting ends as soon as it passes
+        ``stop``. See :meth:`count_jobs`."""
+        return self.count_jobs(stop)[0]
+
+    def count_jobs(self, stop: int | None = None) -> tuple[int, bool]:
+        """The number of jobs, and whether it is exact.
+
+        A matrix without ``include``/``exclude`` is counted arithmetically (the product of its
+        axes); the others are expanded (nothing rendered), and counting ends, inexact, as soon
+        as the total passes ``stop``.
+        """
         total = 0
+        enumerated: list[tuple[_CompiledGroup, int]] = []
         for compiled in self.groups:
             seeds = compiled.group.seeds.values
             per_combination = len(seeds) if seeds else 1
+            size = matrix_size(compiled.group.matrix)
+            if size is None:
+                enumerated.append((compiled, per_combination))
+            else:
+                total += size * per_combination
+        for compiled, per_combination in enumerated:
             for _ in self.combinations(compiled):
                 total += per_combination
                 if stop is not None and total > stop:
-                    return total
-        return total
+                    return total, False
+        return total, True
 
     def jobs(self) -> Iterator[RenderedJob]:
         """Every job, rendered, in plan order, and the problems met on the way.

@@ -511,12 +511,13 @@ class Planner:
         bound = self.expander.count_bound()
         if bound <= self.max_jobs:
             return True
-        # exact when counting is cheap; a sweep of 10^9 is only bounded, never expanded
-        count = self.expander.count(stop=None if bound <= 10 * _EXACT_COUNT_LIMIT else _EXACT_COUNT_LIMIT)
+        # arithmetic where the matrices allow; a sweep with include/exclude is expanded (never
+        # rendered) only up to _EXACT_COUNT_LIMIT, and above that only bounded
+        stop = max(_EXACT_COUNT_LIMIT, self.max_jobs)
+        count, exact = self.expander.count_jobs(stop=stop)
         if count <= self.max_jobs:
             return True
-        exact = count <= _EXACT_COUNT_LIMIT or bound <= 10 * _EXACT_COUNT_LIMIT
-        size = f"{count:,} jobs" if exact else f"more than {_EXACT_COUNT_LIMIT:,} jobs (up to {bound:,})"
+        size = f"{count:,} jobs" if exact else f"more than {stop:,} jobs (up to {bound:,})"
         group = self.pipeline.groups[0]
         path = group.matrix.path if group.matrix.axes else group.seeds.path
         self._problems.extend([Problem(

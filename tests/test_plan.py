@@ -337,10 +337,30 @@ def test_an_unquoted_ratio_gets_a_quoting_hint() -> None:
 
 def test_a_huge_sweep_is_refused_without_being_expanded() -> None:
     text = BASE.replace("seeds: [1, 2]", "seeds: {start: 0, count: 1000000000}")
+    # no include/exclude: counted arithmetically, exactly, however large
     (problem,) = errors_of(text.replace("count: [3]", "count: [3]\n  k: [1, 2, 3]"))
+    assert "the sweep has 12,000,000,000 jobs" in problem.message
+    # an exclude must be expanded to be counted: only up to a million combinations
+    excluded = text.replace("count: [3]", "count: [3]\n  k: [1, 2, 3]\n  exclude: [{k: 1}]")
+    (problem,) = errors_of(excluded)
     assert "more than 1,000,000 jobs (up to 12,000,000,000)" in problem.message
     (problem,) = errors_of(BASE.replace("seeds: [1, 2]", "seeds: {start: 0, count: 600}"))
     assert "2,400 jobs" in problem.message
+
+
+def test_a_sweep_without_include_or_exclude_is_counted_without_expanding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from seedflow import expand
+
+    def never(*_: Any) -> Any:
+        raise AssertionError("the matrix was expanded to be counted")
+
+    big = "\n  ".join(f"a{i}: [{', '.join(map(str, range(20)))}]" for i in range(5))  # 3.2M
+    text = BASE.replace("count: [3]", "count: [3]\n  " + big)
+    monkeypatch.setattr(expand, "expand_matrix", never)
+    planner = iter_jobs(parse_pipeline(text, "p.yaml"), max_jobs=10)
+    assert planner.expander.count_jobs(stop=100) == (4 * 20**5 * 2, True)
 
 
 def test_an_empty_job_name_is_an_error() -> None:
