@@ -27,7 +27,7 @@ from jinja2.environment import TemplateExpression
 from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import Problem, UsageError
-from .pipeline import Group, Matrix, Pipeline, Seeds, YamlPath, did_you_mean, seeds_of, seeds_valid
+from .pipeline import Group, Matrix, Pipeline, YamlPath, did_you_mean, seeds_of, seeds_valid
 
 __all__ = [
     "Combination",

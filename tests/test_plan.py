@@ -468,8 +468,8 @@ def test_set_errors_are_reported_with_the_problems_of_the_pipeline() -> None:
     messages = [p.message for p in problems]
     assert messages[:2] == [
         "--set mod: nothing named 'mod' in the pipeline",
-        "--set seeds=[-1]: seeds are a list of non-negative integers or {start, count[, step]}: "
-        "--set seeds=7, --set 'seeds=[1, 2]' or --set 'seeds={start: 0, count: 10}'",
+        ("--set seeds=[-1]: seeds are a list of non-negative integers or {start, count[, step]}: "
+         "--set seeds=7, --set 'seeds=[1, 2]' or --set 'seeds={start: 0, count: 10}'"),
     ]
     assert problems[0].hint == "did you mean 'mood'?" and problems[1].field == "seeds"
     assert problems[1].file is not None  # located in the pipeline, never a made-up place
