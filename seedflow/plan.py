@@ -7,6 +7,7 @@ and raised together as one :class:`~seedflow.errors.PipelineError`.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import itertools
@@ -1078,6 +1079,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    with contextlib.suppress(OSError):
+        # the rename itself is durable only once the folder is synced (not possible everywhere)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def _read_lock(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
