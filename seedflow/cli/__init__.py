@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import SeedflowError
+from ..errors import PipelineError, SeedflowError
 
 
 class SeedflowGroup(click.Group):
@@ -20,6 +20,10 @@ class SeedflowGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except PipelineError as exc:
+            # each problem already reads "file:line: error ...", as compilers print them
+            click.echo(exc.format_message(), err=True)
+            ctx.exit(exc.exit_code)
         except SeedflowError as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             ctx.exit(exc.exit_code)
