@@ -332,7 +332,7 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+            async with asyncio.timeout(timeout):
                 return await self._reader.read(max_bytes)
         except TimeoutError as exc:
             raise httpcore.ReadTimeout(exc) from exc
@@ -343,7 +343,7 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
         if not buffer:
             return
         try:
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+            async with asyncio.timeout(timeout):
                 self._writer.write(buffer)
                 await self._writer.drain()
         except TimeoutError as exc:
@@ -362,10 +362,8 @@ class _AsyncioStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         try:
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
-                await self._writer.start_tls(  # type: ignore[attr-defined]
-                    ssl_context, server_hostname=server_hostname
-                )
+            async with asyncio.timeout(timeout):
+                await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(exc) from exc
         except OSError as exc:  # ssl.SSLError included
@@ -410,7 +408,7 @@ class _AsyncioBackend(httpcore.AsyncNetworkBackend):
                 host, port, timeout, local_address, socket_options
             )
         try:
-            async with asyncio.timeout(timeout):  # type: ignore[attr-defined]
+            async with asyncio.timeout(timeout):
                 reader, writer = await asyncio.open_connection(host, port)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(exc) from exc
