@@ -8,8 +8,12 @@ closed while idle is noticed and replaced instead of failing the next request.
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpcore
 import httpx
@@ -147,3 +151,64 @@ async def test_backend_connects_to_the_emulator(emulator: EmulatorHandle) -> Non
         assert (await stream.read(65536, timeout=2.0)).startswith(b"HTTP/1.1 ")
     finally:
         await stream.aclose()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_https_goes_through_tls_on_the_asyncio_backend(tmp_path: Path) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert_file, key_file)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(_OK)
+        await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_side)
+    port = server.sockets[0].getsockname()[1]
+    trusted = ssl.create_default_context(cafile=str(cert_file))
+    async with server, httpx.AsyncClient(verify=trusted, timeout=5.0) as client:
+        assert install_asyncio_backend(client)
+        response = await client.get(f"https://127.0.0.1:{port}/")
+        assert response.json() == {"ok": True}
+        # the certificate is checked: an untrusting client refuses the same server
+        async with httpx.AsyncClient(timeout=5.0) as untrusting:
+            install_asyncio_backend(untrusting)
+            with pytest.raises(httpx.ConnectError):
+                await untrusting.get(f"https://127.0.0.1:{port}/")
