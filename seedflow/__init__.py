@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .errors import *  # noqa: F403
+from .errors import *
 from .errors import __all__ as _error_names
+from .executor import RunEvent, RunSummary, StopControl, resume_run, run_pipeline
 from .models import ModelSpec, get_model, list_models
 from .pipeline import load_pipeline
 from .plan import Job, Plan, plan_file
-from .executor import RunEvent, RunSummary, StopControl, resume_run, run_pipeline
 from .store import RunStore, find_run, list_runs
 
 __version__ = "0.1.0"

@@ -30,31 +30,32 @@ traceback and exits with ``exit_code``; anything else is a bug and keeps its tra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
-    "SeedflowError",
-    "UsageError",
-    "Problem",
-    "PipelineError",
-    "LockMismatch",
-    "LimitExceeded",
-    "UnknownModelError",
-    "RunError",
     "ApiError",
     "AuthenticationError",
-    "InsufficientBalance",
-    "ModelRejected",
+    "DownloadError",
     "InputRejected",
-    "RequestNotFound",
-    "RateLimited",
-    "ServerError",
+    "InsufficientBalance",
+    "JobFailed",
+    "LimitExceeded",
+    "LockMismatch",
+    "ModelRejected",
     "NetworkError",
+    "PipelineError",
+    "Problem",
+    "RateLimited",
+    "RequestNotFound",
+    "RunError",
+    "SeedflowError",
+    "ServerError",
     "SubmitOutcomeUnknown",
     "UnexpectedResponse",
-    "JobFailed",
-    "DownloadError",
+    "UnknownModelError",
+    "UsageError",
 ]
 
 

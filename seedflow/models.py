@@ -10,10 +10,11 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import jsonschema
 
@@ -23,9 +24,9 @@ __all__ = [
     "ModelSpec",
     "get_model",
     "list_models",
-    "stated_image_count",
-    "schema_path",
     "load_bundled_schema",
+    "schema_path",
+    "stated_image_count",
 ]
 
 
@@ -105,7 +106,7 @@ def _spec_files() -> Iterator[str]:
             yield entry.name
 
 
-@lru_cache(maxsize=None)
+@cache
 def _registry() -> dict[str, ModelSpec]:
     specs: dict[str, ModelSpec] = {}
     for name in sorted(_spec_files()):
@@ -122,7 +123,7 @@ def _registry() -> dict[str, ModelSpec]:
     return specs
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator_for(model_id: str) -> jsonschema.protocols.Validator:
     schema = get_model(model_id).input_schema
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)

@@ -25,7 +25,6 @@ from .errors import PipelineError, Problem, UsageError
 
 __all__ = [
     "SCHEMA_COMMENT",
-    "installed_schema_comment",
     "Group",
     "Matrix",
     "Pipeline",
@@ -33,6 +32,7 @@ __all__ = [
     "Seeds",
     "YamlPath",
     "did_you_mean",
+    "installed_schema_comment",
     "load_pipeline",
     "parse_pipeline",
     "pipeline_schema",

@@ -17,7 +17,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner, Result
 
 from seedflow.cli import cli

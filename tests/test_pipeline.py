@@ -12,7 +12,6 @@ import pytest
 
 from seedflow.errors import PipelineError, Problem, UsageError
 from seedflow.pipeline import (
-    SCHEMA_COMMENT,
     installed_schema_comment,
     load_pipeline,
     parse_pipeline,
