@@ -114,7 +114,7 @@ ACCEPTED = ok(
 # --- token and base URL ---------------------------------------------------------------------------
 
 
-def test_token_comes_from_api_token_then_runcomfy_token() -> None:
+def test_token_env_order() -> None:
     assert resolve_token({"RUNCOMFY_API_TOKEN": "a", "RUNCOMFY_TOKEN": "b"}) == "a"
     assert resolve_token({"RUNCOMFY_TOKEN": " b "}) == "b"
     assert resolve_token({"RUNCOMFY_API_TOKEN": " "}) is None
@@ -129,7 +129,7 @@ def test_missing_token_says_how_to_set_it(monkeypatch: pytest.MonkeyPatch) -> No
     assert "export RUNCOMFY_API_TOKEN=" in info.value.format_message()
 
 
-async def test_token_from_environment_is_sent_as_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_token_is_sent_as_bearer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNCOMFY_API_TOKEN", "from-env")
     recorder = Recorder(answers(ok(request_id="r1", status="in_queue", queue_position=0)))
     async with Client(base_url=API, transport=httpx.MockTransport(recorder)) as client:

@@ -443,7 +443,7 @@ def test_learned_poll_default_asks_fewer_than_a_poll_every_half_second(
     assert poll.next_delay(SimpleNamespace(request_id="late", state="in_progress"), 3) == 1.0
 
 
-def test_refused_token_stops_the_run_before_more_is_sent(
+def test_a_refused_token_stops_sending(
     emulator: EmulatorHandle, tmp_path: Path
 ) -> None:
     emulator.config.token = "the-right-token"
