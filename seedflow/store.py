@@ -963,14 +963,18 @@ def _run_folders(root: Path) -> list[Path]:
 
 
 def list_runs(root: str | os.PathLike[str]) -> list[RunInfo]:
-    """Every run under ``root``, oldest first; unreadable folders are skipped."""
+    """Every run under ``root``, oldest first; a folder whose journal cannot be read is listed
+    with status ``unreadable`` (``seedflow status`` on it says why)."""
     infos = []
     for folder in _run_folders(Path(root)):
         try:
             with RunStore.open(folder, readonly=True) as store:
                 infos.append(store.info())
         except (RunError, sqlite3.DatabaseError):
-            continue
+            infos.append(RunInfo(
+                run_id=folder.name, path=folder, pipeline=folder.parent.name, started_at=None,
+                ended_at=None, status="unreadable", jobs=0, by_state={}, images=0,
+            ))  # fmt: skip
     return infos
 
 

@@ -321,8 +321,8 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 def test_an_empty_or_foreign_journal_is_refused_and_left_as_it_is(
     tmp_path: Path, content: bytes | str
 ) -> None:
-    folder = tmp_path / "run"
-    folder.mkdir()
+    folder = tmp_path / "pipeline" / "run"  # laid out as under a runs root
+    folder.mkdir(parents=True)
     journal = folder / "journal.sqlite"
     if content == "foreign":
         with sqlite3.connect(journal) as conn:
@@ -337,7 +337,8 @@ def test_an_empty_or_foreign_journal_is_refused_and_left_as_it_is(
             RunStore.open(folder, readonly=readonly)
         assert "restore journal.sqlite" in (caught.value.hint or "")
     assert journal.read_bytes() == before  # never turned into an empty seedflow schema
-    assert list_runs(tmp_path) == []
+    [info] = list_runs(tmp_path)  # listed, not silently dropped
+    assert info.status == "unreadable" and info.path == folder
 
 
 def test_reading_a_run_writes_nothing_into_its_folder(tmp_path: Path) -> None:
