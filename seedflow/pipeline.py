@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jsonschema
 import yaml
@@ -186,7 +186,21 @@ class _Refused(Exception):
         self.message, self.mark, self.hint = message, mark, hint
 
 
-class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _EventSource(Protocol):
+    """What :func:`_next_mark` needs of a loader (PyYAML's stubs leave ``peek_event`` untyped)."""
+
+    def peek_event(self) -> yaml.Event: ...
+
+
+def _next_mark(loader: _EventSource) -> yaml.Mark:
+    """Where the next event of ``loader`` starts."""
+    mark = loader.peek_event().start_mark
+    # the pure-Python parser behind SafeLoader marks every event with a yaml.Mark
+    assert isinstance(mark, yaml.Mark), mark
+    return mark
+
+
+class _MarkedLoader(yaml.SafeLoader):
     """A safe loader that records where every value starts and reports duplicate keys.
 
     PyYAML silently keeps the last of two equal keys; a recipe with a repeated key almost always
@@ -209,10 +223,10 @@ class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
         self._sizes: dict[yaml.Node, int] = {}
         self._count = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         # PyYAML's composer and _build recurse per level: refuse depth before Python does
         if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
+            mark = _next_mark(self)
             node = super().compose_node(parent, index)
             if parent is not None and index is not None:
                 self._alias_marks[_child_key(parent, index)] = mark
@@ -220,7 +234,7 @@ class _MarkedLoader(yaml.SafeLoader):  # type: ignore[misc]
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = _next_mark(self)
                 raise _Refused(
                     f"the YAML is nested too deeply (more than {MAX_DEPTH} levels of lists "
                     "and mappings)", (mark.line + 1, mark.column + 1),
@@ -437,8 +451,7 @@ def _schema_problems(
     for error in _schema_validator().iter_errors(data):
         problems.extend(_explain(error, positions, file))
         if unknown is not None and _is_unknown_keys(error):
-            known = error.schema.get("properties", {})
-            unknown.extend((*error.absolute_path, k) for k in error.instance if k not in known)
+            unknown.extend((*error.absolute_path, k) for k in _unknown_keys(error))
         elif unknown is not None and _is_empty_axis(error):
             # planned without the axis, so the other problems of the file are found too
             unknown.append(tuple(error.absolute_path))
@@ -457,6 +470,19 @@ def _is_empty_axis(error: jsonschema.ValidationError) -> bool:
     path = tuple(error.absolute_path)
     return (error.validator == "minItems" and error.instance == [] and len(path) >= 2
             and path[-2] == "matrix" and path[-1] not in ("include", "exclude"))
+
+
+def _schema_properties(error: jsonschema.ValidationError) -> Mapping[str, Any]:
+    """The ``properties`` the failing schema names (none when that schema is a bare boolean)."""
+    schema = error.schema
+    return schema.get("properties", {}) if isinstance(schema, Mapping) else {}
+
+
+def _unknown_keys(error: jsonschema.ValidationError) -> list[Any]:
+    """The keys of the mapping an ``additionalProperties`` error is about that its schema lacks."""
+    known = _schema_properties(error)
+    instance = error.instance
+    return [k for k in instance if k not in known] if isinstance(instance, dict) else []
 
 
 def _drop(data: dict[Any, Any], paths: Iterable[YamlPath]) -> None:
@@ -478,8 +504,8 @@ def _explain(error: jsonschema.ValidationError, positions: Positions, file: str 
 
     validator = error.validator
     if validator == "additionalProperties" and isinstance(error.instance, dict):
-        known = list(error.schema.get("properties", {}))
-        extras = [k for k in error.instance if k not in known]
+        known = list(_schema_properties(error))
+        extras = _unknown_keys(error)
         return [at(f"unknown key '{k}'", (*path, k), _unknown_hint(k, known), key=True) for k in extras]
     if "propertyNames" in error.absolute_schema_path:
         return [_explain_name(error, path, positions, file)]
@@ -495,7 +521,7 @@ def _explain(error: jsonschema.ValidationError, positions: Positions, file: str 
                    hint="e.g. `seeds: [1, 2, 3]` or `seeds: {start: 100, count: 4}`")]
     if validator == "type":
         expected = error.validator_value
-        shown = " or ".join(expected) if isinstance(expected, list) else expected
+        shown = " or ".join(expected) if isinstance(expected, list) else str(expected)
         got = type(error.instance).__name__ if error.instance is not None else "nothing"
         hint = None
         if expected == "array" and len(path) >= 2 and "matrix" in path:

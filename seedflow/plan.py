@@ -910,7 +910,8 @@ def _article(kind: Any) -> str:
 
 
 def _schema_hint(error: jsonschema.ValidationError, value: Any) -> str | None:
-    if error.validator == "enum":
+    # JSON Schema requires enum to be a list: the isinstance check only narrows the type
+    if error.validator == "enum" and isinstance(error.validator_value, list):
         allowed = list(error.validator_value)
         close = _closest_allowed(value, allowed)
         if close is not None:
