@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
-from .errors import *
-from .errors import __all__ as _error_names
+from .errors import (
+    ApiError,
+    AuthenticationError,
+    DownloadError,
+    InputRejected,
+    InsufficientBalance,
+    JobFailed,
+    LimitExceeded,
+    LockMismatch,
+    ModelRejected,
+    NetworkError,
+    PipelineError,
+    Problem,
+    RateLimited,
+    RequestNotFound,
+    RunError,
+    SeedflowError,
+    ServerError,
+    SubmitOutcomeUnknown,
+    UnexpectedResponse,
+    UnknownModelError,
+    UsageError,
+)
 from .executor import RunEvent, RunSummary, StopControl, resume_run, run_pipeline
 from .models import ModelSpec, get_model, list_models
 from .pipeline import load_pipeline
@@ -13,9 +34,41 @@ from .store import RunStore, find_run, list_runs
 __version__ = "0.1.0"
 
 __all__ = [
-    "__version__", "ModelSpec", "get_model", "list_models",
-    "Job", "Plan", "plan_file", "load_pipeline",
-    "run_pipeline", "resume_run", "RunSummary", "RunEvent", "StopControl",
-    "RunStore", "list_runs", "find_run",
-    *_error_names,
+    "ApiError",
+    "AuthenticationError",
+    "DownloadError",
+    "InputRejected",
+    "InsufficientBalance",
+    "Job",
+    "JobFailed",
+    "LimitExceeded",
+    "LockMismatch",
+    "ModelRejected",
+    "ModelSpec",
+    "NetworkError",
+    "PipelineError",
+    "Plan",
+    "Problem",
+    "RateLimited",
+    "RequestNotFound",
+    "RunError",
+    "RunEvent",
+    "RunStore",
+    "RunSummary",
+    "SeedflowError",
+    "ServerError",
+    "StopControl",
+    "SubmitOutcomeUnknown",
+    "UnexpectedResponse",
+    "UnknownModelError",
+    "UsageError",
+    "__version__",
+    "find_run",
+    "get_model",
+    "list_models",
+    "list_runs",
+    "load_pipeline",
+    "plan_file",
+    "resume_run",
+    "run_pipeline",
 ]

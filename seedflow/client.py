@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import anyio
@@ -90,6 +90,8 @@ _TOKEN_HINT = (
     "(or use --offline to run against the local emulator)"
 )
 
+
+_ClientT = TypeVar("_ClientT", bound="Client")
 
 #: What a bearer token may contain (RFC 6750 b64token, loosened to any visible ASCII).
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
@@ -414,7 +416,7 @@ class Client:
     def __repr__(self) -> str:
         return f"<seedflow.Client base_url={self.base_url!r}>"
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self: _ClientT) -> _ClientT:  # noqa: PYI019 - typing.Self needs 3.11
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

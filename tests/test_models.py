@@ -47,3 +47,11 @@ def test_unknown_model_suggests_the_closest() -> None:
 )
 def test_stated_image_count_reads_digits_and_words(prompt: str, count: int | None) -> None:
     assert stated_image_count(prompt) == count
+
+
+def test_every_error_is_part_of_the_public_api() -> None:
+    import seedflow
+    import seedflow.errors
+
+    assert set(seedflow.errors.__all__) <= set(seedflow.__all__)
+    assert all(hasattr(seedflow, name) for name in seedflow.__all__)
