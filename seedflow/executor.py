@@ -986,26 +986,6 @@ CONFIRM_COST = 5.0
 CONFIRM_IMAGES = 200
 
 
-def check_limits(
-    plan: Any, *, max_images: int | None = None, max_cost: float | None = None
-) -> None:
-    """Refuse a plan larger than ``max_images`` or dearer than ``max_cost`` (LimitExceeded)."""
-    from .errors import LimitExceeded
-
-    if max_images is not None and plan.total_images > max_images:
-        raise LimitExceeded(
-            f"the plan asks for {plan.total_images} images in {len(plan.jobs)} jobs, "
-            f"more than --max-images {max_images}; nothing was sent",
-            hint="narrow the sweep, or raise --max-images",
-        )
-    if max_cost is not None and plan.estimated_cost > max_cost:
-        raise LimitExceeded(
-            f"the plan's estimated cost is {plan.estimated_cost:.2f} {plan.currency}, "
-            f"more than --max-cost {max_cost:g}; nothing was sent",
-            hint="narrow the sweep, or raise --max-cost (the price is an estimate)",
-        )
-
-
 @contextlib.contextmanager
 def _api_target(offline: bool, base_url: str | None, token: str | None) -> Any:
     """(base URL, token) to talk to: the given API, or a private emulator when offline."""
@@ -1108,7 +1088,7 @@ def run_pipeline(
     ``<out>/<pipeline name>/<run id>/``; the summary says how it ended (``summary.exit_code``).
     ``offline`` runs against a private emulator on loopback (no token needed).
     """
-    from .plan import plan_file
+    from .plan import check_limits, plan_file
 
     plan = pipeline if hasattr(pipeline, "jobs") else plan_file(pipeline, overrides=overrides)
     check_limits(plan, max_images=max_images, max_cost=max_cost)

@@ -1010,13 +1010,15 @@ def check_limits(plan: Plan | Totals, *, max_images: int | None = None, max_cost
     """Refuse a plan that asks for more images or money than the user allows."""
     if max_images is not None and plan.total_images > max_images:
         raise LimitExceeded(
-            f"the plan asks for {plan.total_images:,} images, more than --max-images {max_images:,}",
+            f"the plan asks for {plan.total_images:,} images, more than --max-images "
+            f"{max_images:,}; nothing was sent",
             hint="narrow the sweep or raise --max-images",
         )
     if max_cost is not None and plan.estimated_cost > max_cost:
         raise LimitExceeded(
             f"the plan is estimated at {plan.estimated_cost:.2f} {plan.currency}, more than "
-            f"--max-cost {max_cost:.2f}", hint="narrow the sweep or raise --max-cost",
+            f"--max-cost {max_cost:.2f}; nothing was sent",
+            hint="narrow the sweep or raise --max-cost (the price is an estimate)",
         )
 
 

@@ -22,10 +22,10 @@ from ..executor import (
     DEFAULT_CONCURRENCY,
     RunEvent,
     RunSummary,
-    check_limits,
     resume_run,
     run_pipeline,
 )
+from ..plan import check_limits
 from ..progress import Progress, choose_mode
 from ..store import RunStore, find_run, list_runs
 from .options import base_url_option
